@@ -13,6 +13,14 @@ use crate::ConfigError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RuleId(usize);
 
+impl RuleId {
+    /// Position in [`Router::rules`], for callers that keep per-rule data (such as metric ids)
+    /// in a parallel `Vec`.
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
+
 /// What the host knows about a request's destination, for rule selection.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RouteKeys<'a> {
