@@ -15,8 +15,8 @@ use proxy_wasm::traits::RootContext;
 use proxy_wasm::types::LogLevel;
 
 proxy_wasm::main! {{
-    // Follow the host's log level so that per-request debug lines cost nothing unless asked for.
-    let level = proxy_wasm::hostcalls::get_log_level().unwrap_or(LogLevel::Info);
-    proxy_wasm::set_log_level(level);
+    // Host calls are not allowed while the module initialises; the root context adopts the
+    // host's log level once it is configured.
+    proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(root::CanaryRoot::default()) });
 }}
