@@ -339,20 +339,15 @@ impl EnvoyConfig {
     }
 }
 
-/// The spec's `stats_config`: turns the plugin's `;key=value` metric names into Prometheus
-/// labels and gives its latency histogram millisecond buckets.
+/// The documented `stats_config` (docs/plugin-config.md): turns the plugin's `;key=value`
+/// metric names into Prometheus labels.
 fn stats_config() -> Value {
+    let tag = |name: &str| {
+        json!({"tag_name": name, "regex": format!(r"^wasmcustom\.higress_canary\..*?(;{name}=([^;]*))")})
+    };
     json!({
         "use_all_default_tags": true,
-        "stats_tags": [
-            {"tag_name": "rollout", "regex": r"^wasmcustom\.higress_canary\..*?(;rollout=([^;]*))"},
-            {"tag_name": "version", "regex": r"^wasmcustom\.higress_canary\..*?(;version=([^;]*))"},
-            {"tag_name": "code", "regex": r"^wasmcustom\.higress_canary\..*?(;code=([^;]*))"},
-        ],
-        "histogram_bucket_settings": [{
-            "match": {"prefix": "wasmcustom.higress_canary"},
-            "buckets": [1, 2, 5, 10, 15, 20, 25, 30, 40, 50, 60, 75, 100, 150, 200, 300, 500, 1000, 2500, 5000, 10000],
-        }],
+        "stats_tags": [tag("rollout"), tag("version"), tag("code"), tag("le")],
     })
 }
 

@@ -125,7 +125,11 @@ impl HttpContext for CanaryHttp {
             return;
         };
         if let Some(metrics) = generation.metrics.get(decided.rule.index()) {
-            metrics.count_response(decided.version, decided.status, decided.started);
+            let latency = decided.started.and_then(|start| {
+                let now = hostcalls::get_current_time().ok()?;
+                now.duration_since(start).ok()
+            });
+            metrics.count_response(decided.version, decided.status, latency);
         }
     }
 }

@@ -1,5 +1,7 @@
 //! Reading the host state a decision needs, and nothing more.
 
+use std::cell::Cell;
+
 use canary_core::{Request, RouteKeys, Router, Rule};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MapType;
@@ -10,12 +12,25 @@ pub(crate) fn request_header(name: &str) -> Option<String> {
         .flatten()
 }
 
+thread_local! {
+    /// Whether this host answers properties only under `xds` (upstream Envoy) rather than at the
+    /// top level (Higress). Learned from the first answer, so each read costs one host call.
+    static XDS_FIRST: Cell<bool> = const { Cell::new(false) };
+}
+
 /// A property as UTF-8. Higress names it `route_name`; upstream Envoy answers only under `xds`.
 fn property(name: &str) -> Option<String> {
-    let bytes = hostcalls::get_property(vec![name])
-        .ok()
-        .flatten()
-        .or_else(|| hostcalls::get_property(vec!["xds", name]).ok().flatten())?;
+    let top_level = || hostcalls::get_property(vec![name]).ok().flatten();
+    let under_xds = || hostcalls::get_property(vec!["xds", name]).ok().flatten();
+    let bytes = if XDS_FIRST.get() {
+        under_xds().or_else(top_level)
+    } else {
+        top_level().or_else(|| {
+            let bytes = under_xds()?;
+            XDS_FIRST.set(true);
+            Some(bytes)
+        })
+    }?;
     String::from_utf8(bytes).ok()
 }
 

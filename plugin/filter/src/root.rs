@@ -10,7 +10,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType};
 
 use crate::http::CanaryHttp;
-use crate::metrics::RuleMetrics;
+use crate::metrics::{self, RuleMetrics};
 
 /// What every request of one config generation shares.
 pub(crate) struct Generation {
@@ -65,7 +65,16 @@ impl RootContext for CanaryRoot {
             router.managed_headers().len()
         );
         self.generation = Some(Rc::new(Generation { router, metrics }));
+        // Counts wait in the VM until the timer hands them to Envoy; see `metrics`.
+        if let Err(status) = hostcalls::set_tick_period(metrics::FLUSH_PERIOD) {
+            error!("higress-canary: cannot start the metrics timer: {status:?}");
+            return false;
+        }
         true
+    }
+
+    fn on_tick(&mut self) {
+        metrics::flush();
     }
 
     fn get_type(&self) -> Option<ContextType> {
