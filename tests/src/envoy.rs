@@ -342,9 +342,7 @@ impl EnvoyConfig {
 /// The documented `stats_config` (docs/plugin-config.md): turns the plugin's `;key=value`
 /// metric names into Prometheus labels.
 fn stats_config() -> Value {
-    let tag = |name: &str| {
-        json!({"tag_name": name, "regex": format!(r"^wasmcustom\.higress_canary\..*?(;{name}=([^;]*))")})
-    };
+    let tag = |name: &str| json!({"tag_name": name, "regex": format!(r"^wasmcustom\.higress_canary\..*?(;{name}=([^;]*))")});
     json!({
         "use_all_default_tags": true,
         "stats_tags": [tag("rollout"), tag("version"), tag("code"), tag("le")],
