@@ -3,12 +3,15 @@
 //! - `setup`: installs what the tests need (Rust targets, Envoy, wasm-bindgen-cli, Debian
 //!   packages), idempotently and quickly when everything is already there;
 //! - `test`: everything CI checks, in order, failing fast (`.ci/run` is just this);
-//! - `wasm`: builds the canary plugin and packages it into `dist/`.
+//! - `wasm`: builds the canary plugin and packages it into `dist/`;
+//! - `bench plugin`: measures the plugin's Envoy CPU cost per request against no filter, a
+//!   no-op Wasm filter and Lua, and writes `docs/benchmarks.md`.
 //!
 //! Tools go into the workspace (`.venv/`, `.tools/`), into the rustup toolchain (targets) or
 //! through apt, never into the user's cargo home. Only build-time tooling belongs here: nothing
 //! may depend on this crate.
 
+mod bench;
 mod cmd;
 mod setup;
 mod test;
@@ -41,6 +44,8 @@ enum Command {
     Test,
     /// Build the canary plugin for wasm32-wasip1 and package it into <workspace>/dist.
     Wasm(wasm::Args),
+    /// Measure performance against the targets in docs/benchmarks.md (needs two free CPUs).
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +73,7 @@ fn run(command: Command, root: &Path) -> Result<()> {
             println!("{artifacts}");
             Ok(())
         }
+        Command::Bench(args) => bench::run(root, &args),
     }
 }
 

