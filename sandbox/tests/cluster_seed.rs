@@ -164,8 +164,15 @@ async fn the_seed_app_applied_with_kubectl_is_served_and_a_wasm_plugin_splits_it
     let cluster = Cluster::start(ClusterConfig::default()).await?;
     let kubectl = Kubectl::new(&cluster)?;
 
-    let seed = std::fs::read_to_string(workspace().join("../shared/scenarios/demo-app.yaml"))
-        .context("reading the seed application")?;
+    // The seed's scenario, or the controller's byte-checked copy where ../shared is absent.
+    let shared = workspace().join("../shared/scenarios/demo-app.yaml");
+    let path = if shared.is_file() {
+        shared
+    } else {
+        workspace().join("controller/tests/fixtures/demo-app.yaml")
+    };
+    let seed = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading the seed application {}", path.display()))?;
     kubectl.apply(&seed).await?;
     let took = until_version(&cluster, "v1").await?;
     eprintln!("seed applied -> gateway answers v1 after {took:?}");
