@@ -3,13 +3,12 @@
 //! default), with default flags: no `--validate=false`. Each test has its own server,
 //! kubeconfig and `--cache-dir`.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Stdio,
-    time::Duration,
-};
+mod common;
+
+use std::{path::PathBuf, process::Stdio, time::Duration};
 
 use anyhow::{bail, ensure, Context, Result};
+use common::{kubectl_bin, scenario};
 use sandbox::api::{ApiConfig, ApiServer};
 use serde_json::{json, Value};
 use tempfile::TempDir;
@@ -48,36 +47,6 @@ spec:
               phase: {type: string}
               message: {type: string}
 "#;
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("invariant: the sandbox crate lives in the workspace")
-        .to_path_buf()
-}
-
-fn kubectl_bin() -> Result<PathBuf> {
-    let path = std::env::var_os("KUBECTL_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join(".venv/bin/kubectl"));
-    ensure!(
-        path.is_file(),
-        "no kubectl at {} (KUBECTL_BIN): run `cargo xtask setup`",
-        path.display()
-    );
-    Ok(path)
-}
-
-fn scenario(name: &str) -> Result<String> {
-    // The seed's scenarios, or the controller's byte-checked copies where ../shared is absent.
-    let shared = workspace().join("../shared/scenarios").join(name);
-    let path = if shared.is_file() {
-        shared
-    } else {
-        workspace().join("controller/tests/fixtures").join(name)
-    };
-    std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
-}
 
 struct Kubectl {
     server: ApiServer,

@@ -2,35 +2,19 @@
 //! kubectl, served by simulated pods through the Envoy gateway, then a WasmPlugin with the
 //! repository's plugin sending 30% of the traffic to a canary Ingress.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use common::{kubectl_bin, scenario};
 use sandbox::cluster::{Cluster, ClusterConfig};
 use sandbox::gateway::http::{self, Client as HttpClient};
 use tempfile::TempDir;
 use tokio::process::Command;
 
 const DEADLINE: Duration = Duration::from_secs(30);
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("invariant: the sandbox crate lives in the workspace")
-        .to_path_buf()
-}
-
-fn kubectl_bin() -> Result<PathBuf> {
-    let path = std::env::var_os("KUBECTL_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join(".venv/bin/kubectl"));
-    ensure!(
-        path.is_file(),
-        "no kubectl at {}: run `cargo xtask setup`",
-        path.display()
-    );
-    Ok(path)
-}
 
 fn plugin_wasm() -> Result<PathBuf> {
     let path = Cluster::local_plugin_wasm();
@@ -164,15 +148,7 @@ async fn the_seed_app_applied_with_kubectl_is_served_and_a_wasm_plugin_splits_it
     let cluster = Cluster::start(ClusterConfig::default()).await?;
     let kubectl = Kubectl::new(&cluster)?;
 
-    // The seed's scenario, or the controller's byte-checked copy where ../shared is absent.
-    let shared = workspace().join("../shared/scenarios/demo-app.yaml");
-    let path = if shared.is_file() {
-        shared
-    } else {
-        workspace().join("controller/tests/fixtures/demo-app.yaml")
-    };
-    let seed = std::fs::read_to_string(&path)
-        .with_context(|| format!("reading the seed application {}", path.display()))?;
+    let seed = scenario("demo-app.yaml")?;
     kubectl.apply(&seed).await?;
     let took = until_version(&cluster, "v1").await?;
     eprintln!("seed applied -> gateway answers v1 after {took:?}");

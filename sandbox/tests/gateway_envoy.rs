@@ -1,80 +1,24 @@
 //! The gateway's Envoy side without an API server: objects handed to `Proxy::apply` directly,
 //! a real Envoy, and small HTTP backends started here.
 
-use std::net::SocketAddr;
+mod common;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use common::Backend;
 use k8s_openapi::api::core::v1::{Endpoints, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::DynamicObject;
 use sandbox::gateway::http::{self, Client};
 use sandbox::gateway::{GatewayConfig, Objects, Proxy, ResourceKey};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpListener;
-use tokio::task::{JoinHandle, JoinSet};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 const HOST: &str = "demo.example.com";
 const BASE_CLUSTER: &str = "outbound|80||demo.default.svc.cluster.local";
 const CANARY_CLUSTER: &str = "outbound|80||demo-canary.default.svc.cluster.local";
-
-// === backends ===
-
-/// An HTTP/1.1 server answering every request 200 with a fixed body, keep-alive.
-struct Backend {
-    addr: SocketAddr,
-    task: JoinHandle<()>,
-}
-
-impl Backend {
-    async fn start(body: &'static str) -> Result<Self> {
-        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
-        let addr = listener.local_addr()?;
-        let task = tokio::spawn(async move {
-            let mut connections = JoinSet::new();
-            while let Ok((stream, _)) = listener.accept().await {
-                connections.spawn(async move {
-                    let mut stream = BufReader::new(stream);
-                    loop {
-                        // Read one request head (GETs only: no body).
-                        let mut seen_any = false;
-                        loop {
-                            let mut line = String::new();
-                            match stream.read_line(&mut line).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(_) => {}
-                            }
-                            if line.trim().is_empty() {
-                                if seen_any {
-                                    break;
-                                }
-                                continue;
-                            }
-                            seen_any = true;
-                        }
-                        let response = format!(
-                            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
-                            body.len()
-                        );
-                        if stream.get_mut().write_all(response.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        Ok(Self { addr, task })
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
 
 // === objects ===
 
