@@ -1,0 +1,367 @@
+//! Reads, fresh from the API, everything [`crate::step::plan`] needs for one Rollout: the
+//! Deployment and its ReplicaSets, the canary Deployment and its newest ReplicaSet, the four
+//! Services and Ingresses, and the shared WasmPlugin. Only other Rollouts (for conflicts) come
+//! from the controller's cache.
+//!
+//! Missing objects are `None`, never errors: the planner reports them in the status.
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, ReplicaSet},
+        core::v1::Service,
+        networking::v1::Ingress,
+    },
+    apimachinery::pkg::apis::meta::v1::OwnerReference,
+};
+use kube::{
+    api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams},
+    Client, ResourceExt,
+};
+use tracing::warn;
+
+use crate::{
+    crd::Rollout,
+    keys::POD_TEMPLATE_HASH,
+    observed::{CanaryWorkload, Observed, StableReplicaSet, Workload},
+    render::{self, PluginRef, WASMPLUGIN_KIND},
+    revision::template_hash,
+    validate::Names,
+    Error, Result,
+};
+
+/// `deployment.kubernetes.io/revision`, the Deployment controller's revision counter on
+/// ReplicaSets.
+const RS_REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
+
+/// The API resource of Higress's `WasmPlugin`.
+pub fn wasm_plugin_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("extensions.higress.io", "v1alpha1", WASMPLUGIN_KIND),
+        "wasmplugins",
+    )
+}
+
+/// The shared WasmPlugin's namespace as an `Api`.
+pub fn wasm_plugin_api(client: &Client, plugin: &PluginRef) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), &plugin.namespace, &wasm_plugin_resource())
+}
+
+/// Reads the world around `rollout`. `others` are the Rollouts the controller knows of (its
+/// cache), used to find older Rollouts releasing the same Deployment.
+pub async fn observe(
+    client: &Client,
+    plugin: &PluginRef,
+    rollout: &Rollout,
+    others: &[std::sync::Arc<Rollout>],
+) -> Result<Observed> {
+    let names = Names::of(rollout);
+    let ns = names.namespace.as_str();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
+    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), ns);
+
+    let plugins = wasm_plugin_api(client, plugin);
+    let (deployment, canary, service, canary_service, ingress, canary_ingress, plugin_obj) = futures::try_join!(
+        get_opt(&deployments, names.deployment.as_deref(), "Deployment"),
+        get_opt(
+            &deployments,
+            names.canary_deployment.as_deref(),
+            "Deployment"
+        ),
+        get_opt(&services, names.service.as_deref(), "Service"),
+        get_opt(&services, names.canary_service.as_deref(), "Service"),
+        get_opt(&ingresses, names.ingress.as_deref(), "Ingress"),
+        get_opt(&ingresses, names.canary_ingress.as_deref(), "Ingress"),
+        get_opt(&plugins, Some(plugin.name.as_str()), "WasmPlugin"),
+    )?;
+
+    // ReplicaSets of both Deployments share labels (same selector); one list serves both.
+    let replica_sets = match deployment.as_ref().or(canary.as_ref()) {
+        Some(d) => list_replica_sets(client, ns, d).await?,
+        None => Vec::new(),
+    };
+    let workload = deployment.map(|d| {
+        let stable = stable_replica_set(&owned_by(&replica_sets, &d));
+        Workload {
+            revision: template_hash(&d.spec.template),
+            stable,
+            deployment: d,
+        }
+    });
+    let canary = canary.map(|c| {
+        let pod_template_hash = canary_pod_hash(&c, &owned_by(&replica_sets, &c));
+        CanaryWorkload {
+            deployment: c,
+            pod_template_hash,
+        }
+    });
+    let plugin = plugin_obj.map(|obj| {
+        let spec = obj.data.get("spec").cloned().unwrap_or_default();
+        render::parse_spec(&spec).unwrap_or_else(|e| {
+            // Rewritten from the Rollouts' statuses on the next plugin write.
+            warn!(error = %e, "the shared WasmPlugin's config does not parse");
+            Default::default()
+        })
+    });
+    Ok(Observed {
+        workload,
+        canary,
+        service,
+        canary_service,
+        ingress,
+        canary_ingress,
+        plugin,
+        conflicts: conflicts(rollout, &names, others),
+    })
+}
+
+async fn get_opt<K>(api: &Api<K>, name: Option<&str>, kind: &str) -> Result<Option<K>>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let Some(name) = name else {
+        return Ok(None);
+    };
+    api.get_opt(name)
+        .await
+        .map_err(|e| Error::kube(format!("reading {kind} {name}"), e))
+}
+
+/// The ReplicaSets in `ns` that `deployment`'s selector matches (by its `matchLabels`).
+async fn list_replica_sets(
+    client: &Client,
+    ns: &str,
+    deployment: &Deployment,
+) -> Result<Vec<ReplicaSet>> {
+    let selector = deployment
+        .spec
+        .selector
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let params = if selector.is_empty() {
+        ListParams::default()
+    } else {
+        ListParams::default().labels(&selector)
+    };
+    let api: Api<ReplicaSet> = Api::namespaced(client.clone(), ns);
+    api.list(&params)
+        .await
+        .map(|l| l.items)
+        .map_err(|e| Error::kube("listing ReplicaSets", e))
+}
+
+/// The ReplicaSets controlled by `owner`.
+fn owned_by(all: &[ReplicaSet], owner: &Deployment) -> Vec<ReplicaSet> {
+    let uid = owner.metadata.uid.as_deref();
+    all.iter()
+        .filter(|rs| {
+            rs.owner_references()
+                .iter()
+                .any(|o: &OwnerReference| o.controller == Some(true) && Some(o.uid.as_str()) == uid)
+        })
+        .cloned()
+        .collect()
+}
+
+fn rs_revision(rs: &ReplicaSet) -> i64 {
+    rs.annotations()
+        .get(RS_REVISION_ANNOTATION)
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0)
+}
+
+fn rs_replicas(rs: &ReplicaSet) -> i32 {
+    let spec = rs.spec.replicas.unwrap_or(0);
+    let status = rs.status.as_ref().map_or(0, |s| s.replicas);
+    spec.max(status)
+}
+
+fn pod_hash(rs: &ReplicaSet) -> Option<String> {
+    rs.labels()
+        .get(POD_TEMPLATE_HASH)
+        .filter(|h| !h.is_empty())
+        .cloned()
+}
+
+/// Kruise's stable revision: the oldest ReplicaSet that still has pods (spec or status), else
+/// the newest one.
+pub fn stable_replica_set(replica_sets: &[ReplicaSet]) -> Option<StableReplicaSet> {
+    let mut sets: Vec<&ReplicaSet> = replica_sets
+        .iter()
+        .filter(|rs| rs.metadata.deletion_timestamp.is_none() && pod_hash(rs).is_some())
+        .collect();
+    sets.sort_by_key(|rs| {
+        (
+            rs.metadata.creation_timestamp.clone().map(|t| t.0),
+            rs_revision(rs),
+        )
+    });
+    let chosen = sets
+        .iter()
+        .find(|rs| rs_replicas(rs) > 0)
+        .or_else(|| sets.iter().max_by_key(|rs| rs_revision(rs)))?;
+    Some(StableReplicaSet {
+        pod_template_hash: pod_hash(chosen)?,
+        revision: chosen
+            .spec
+            .template
+            .as_ref()
+            .map(template_hash)
+            .unwrap_or_default(),
+    })
+}
+
+/// The `pod-template-hash` of the canary Deployment's ReplicaSet for its current template
+/// (the newest one if none matches yet).
+fn canary_pod_hash(canary: &Deployment, replica_sets: &[ReplicaSet]) -> Option<String> {
+    let revision = template_hash(&canary.spec.template);
+    let current = replica_sets.iter().find(|rs| {
+        rs.spec
+            .template
+            .as_ref()
+            .is_some_and(|t| template_hash(t) == revision)
+    });
+    current
+        .or_else(|| replica_sets.iter().max_by_key(|rs| rs_revision(rs)))
+        .and_then(pod_hash)
+}
+
+/// Rollouts in the same namespace releasing the same Deployment that came first (older
+/// creationTimestamp, then name).
+fn conflicts(rollout: &Rollout, names: &Names, others: &[std::sync::Arc<Rollout>]) -> Vec<String> {
+    let Some(deployment) = names.deployment.as_deref() else {
+        return Vec::new();
+    };
+    let key = |r: &Rollout| {
+        (
+            r.metadata.creation_timestamp.clone().map(|t| t.0),
+            r.name_any(),
+        )
+    };
+    let mine = key(rollout);
+    let mut found: Vec<String> = others
+        .iter()
+        .filter(|o| o.namespace().as_deref() == Some(names.namespace.as_str()))
+        .filter(|o| o.name_any() != names.rollout)
+        .filter(|o| Names::of(o).deployment.as_deref() == Some(deployment))
+        .filter(|o| key(o) < mine)
+        .map(|o| o.name_any())
+        .collect();
+    found.sort();
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::{
+        api::{
+            apps::v1::{ReplicaSetSpec, ReplicaSetStatus},
+            core::v1::{Container, PodSpec, PodTemplateSpec},
+        },
+        apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
+    };
+
+    use super::*;
+
+    fn rs(hash: &str, revision: i64, created: i64, replicas: i32, image: &str) -> ReplicaSet {
+        ReplicaSet {
+            metadata: ObjectMeta {
+                name: Some(format!("demo-{hash}")),
+                labels: Some(BTreeMap::from([(
+                    POD_TEMPLATE_HASH.to_owned(),
+                    hash.to_owned(),
+                )])),
+                annotations: Some(BTreeMap::from([(
+                    RS_REVISION_ANNOTATION.to_owned(),
+                    revision.to_string(),
+                )])),
+                creation_timestamp: Some(Time(
+                    jiff::Timestamp::from_second(1_767_225_600 + created).expect("valid time"),
+                )),
+                ..Default::default()
+            },
+            spec: ReplicaSetSpec {
+                replicas: Some(replicas),
+                template: Some(PodTemplateSpec {
+                    metadata: None,
+                    spec: Some(PodSpec {
+                        containers: vec![Container {
+                            name: "main".into(),
+                            image: Some(image.into()),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }),
+                }),
+                ..Default::default()
+            },
+            status: Some(ReplicaSetStatus {
+                replicas,
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn the_stable_replica_set_is_the_oldest_that_still_has_pods() {
+        let sets = [
+            rs("new", 3, 30, 2, "v3"),
+            rs("gone", 1, 10, 0, "v1"),
+            rs("old", 2, 20, 3, "v2"),
+        ];
+        let stable = stable_replica_set(&sets).expect("a stable ReplicaSet");
+        assert_eq!(stable.pod_template_hash, "old");
+        assert_eq!(
+            stable.revision,
+            template_hash(sets[2].spec.template.as_ref().expect("template"))
+        );
+    }
+
+    #[test]
+    fn without_pods_the_newest_replica_set_is_stable() {
+        let sets = [rs("a", 1, 10, 0, "v1"), rs("b", 2, 20, 0, "v2")];
+        assert_eq!(
+            stable_replica_set(&sets).map(|s| s.pod_template_hash),
+            Some("b".to_owned())
+        );
+        assert_eq!(stable_replica_set(&[]), None);
+    }
+
+    #[test]
+    fn only_older_rollouts_of_the_same_deployment_conflict() {
+        let rollout = |name: &str, created: i64, deployment: &str| {
+            let mut r: Rollout = serde_json::from_value(serde_json::json!({
+                "apiVersion": "rollouts.kruise.io/v1alpha1",
+                "kind": "Rollout",
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {
+                    "objectRef": {"workloadRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment}},
+                    "strategy": {},
+                },
+            }))
+            .expect("a Rollout");
+            r.metadata.creation_timestamp = Some(Time(
+                jiff::Timestamp::from_second(1_767_225_600 + created).expect("valid time"),
+            ));
+            std::sync::Arc::new(r)
+        };
+        let me = rollout("b", 20, "demo");
+        let others = [
+            rollout("a", 10, "demo"),
+            rollout("c", 30, "demo"),
+            rollout("d", 5, "other"),
+            rollout("a2", 20, "demo"),
+            me.clone(),
+        ];
+        assert_eq!(
+            conflicts(&me, &Names::of(&me), &others),
+            ["a".to_owned(), "a2".to_owned()]
+        );
+    }
+}

@@ -1,0 +1,553 @@
+//! The harness of the sandbox integration tests: a sandbox cluster (fake API server, workload
+//! simulator, real Envoy gateway with the repository's plugin), the seed application, and the
+//! real controller loop running in-process through `higress_canary::run` with kube's real
+//! client. Everything the tests check goes through the API or the gateway, as a user would.
+
+#![allow(dead_code)]
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context as _, Result};
+use higress_canary::{
+    crd::{Rollout, StepState},
+    metrics::Metrics,
+    render::PluginRef,
+    Settings,
+};
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service, networking::v1::Ingress};
+use kube::{
+    api::{Api, Patch, PatchParams, PostParams},
+    Client,
+};
+use sandbox::{
+    cluster::{Cluster, ClusterConfig},
+    gateway::http,
+};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::{sync::oneshot, task::JoinHandle};
+
+pub const NS: &str = "default";
+/// How long anything may take before a test fails (a release of the seed app takes ~30 s).
+pub const PATIENCE: Duration = Duration::from_secs(90);
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("invariant: the controller crate lives in the workspace")
+        .to_path_buf()
+}
+
+/// A seed scenario file, unchanged.
+pub fn scenario(name: &str) -> String {
+    let path = workspace().join("../shared/scenarios").join(name);
+    std::fs::read_to_string(&path)
+        .or_else(|_| {
+            std::fs::read_to_string(workspace().join("controller/tests/fixtures").join(name))
+        })
+        .unwrap_or_else(|e| panic!("reading scenario {}: {e}", path.display()))
+}
+
+/// The sandbox tests start a cluster with an Envoy each; on a small machine they run one at a
+/// time.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Runs a test body on its own multi-threaded runtime, one test at a time.
+pub fn run_test<F, Fut>(body: F) -> Result<()>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let _serial = serial();
+    init_tracing();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()?
+        .block_on(body())
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TEST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
+pub fn plugin_wasm() -> Result<PathBuf> {
+    let path = Cluster::local_plugin_wasm();
+    ensure!(
+        path.is_file(),
+        "no plugin at {}: run `cargo xtask wasm`",
+        path.display()
+    );
+    Ok(path)
+}
+
+struct RunningController {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<higress_canary::Result<()>>,
+}
+
+/// A sandbox with the seed app and (optionally) the controller running.
+pub struct Harness {
+    pub cluster: Cluster,
+    pub client: Client,
+    pub metrics: Arc<Metrics>,
+    pub settings: Settings,
+    controller: Option<RunningController>,
+    kubeconfig: tempfile::TempDir,
+}
+
+impl Harness {
+    /// Starts the sandbox, applies the seed app (demo-app.yaml) and waits until the gateway
+    /// serves it. The controller is not started.
+    pub async fn start() -> Result<Self> {
+        let wasm = plugin_wasm()?;
+        let cluster = Cluster::start(ClusterConfig::default()).await?;
+        let client = cluster.api.client();
+        let metrics = Arc::new(Metrics::default());
+        let settings = Settings {
+            plugin: PluginRef {
+                url: format!("file://{}", wasm.display()),
+                ..PluginRef::default()
+            },
+            metrics: metrics.clone(),
+            ..Settings::default()
+        };
+        let kubeconfig = tempfile::tempdir()?;
+        cluster
+            .api
+            .write_kubeconfig(&kubeconfig.path().join("kubeconfig"))?;
+        let harness = Harness {
+            cluster,
+            client,
+            metrics,
+            settings,
+            controller: None,
+            kubeconfig,
+        };
+        harness.create_yaml(&scenario("demo-app.yaml")).await?;
+        harness.until_all(&[], "v1").await?;
+        Ok(harness)
+    }
+
+    /// Starts the controller loop in-process (as `higress-canary run` would).
+    pub fn start_controller(&mut self) {
+        assert!(
+            self.controller.is_none(),
+            "the controller is already running"
+        );
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(higress_canary::run(
+            self.client.clone(),
+            self.settings.clone(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        self.controller = Some(RunningController { stop, task });
+    }
+
+    /// Stops the controller gracefully (running reconciles finish).
+    pub async fn stop_controller(&mut self) -> Result<()> {
+        let Some(running) = self.controller.take() else {
+            return Ok(());
+        };
+        let _ = running.stop.send(());
+        tokio::time::timeout(Duration::from_secs(30), running.task)
+            .await
+            .context("the controller did not stop")???;
+        Ok(())
+    }
+
+    /// Kills the controller at once, wherever its reconciles are (a crash).
+    pub async fn kill_controller(&mut self) {
+        if let Some(running) = self.controller.take() {
+            running.task.abort();
+            let _ = running.task.await;
+        }
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.kubeconfig.path().join("kubeconfig")
+    }
+
+    pub fn gateway(&self) -> SocketAddr {
+        self.cluster.gateway.listener_addr()
+    }
+
+    /// Creates every document of a YAML stream (Deployments, Services, Ingresses, Rollouts)
+    /// in the test namespace.
+    pub async fn create_yaml(&self, yaml: &str) -> Result<()> {
+        let pp = PostParams::default();
+        for doc in serde_yaml::Deserializer::from_str(yaml) {
+            let value = serde_json::Value::deserialize(doc)?;
+            if value.is_null() {
+                continue;
+            }
+            let kind = value["kind"].as_str().unwrap_or_default().to_owned();
+            match kind.as_str() {
+                "Deployment" => {
+                    Api::<Deployment>::namespaced(self.client.clone(), NS)
+                        .create(&pp, &serde_json::from_value(value)?)
+                        .await?;
+                }
+                "Service" => {
+                    Api::<Service>::namespaced(self.client.clone(), NS)
+                        .create(&pp, &serde_json::from_value(value)?)
+                        .await?;
+                }
+                "Ingress" => {
+                    Api::<Ingress>::namespaced(self.client.clone(), NS)
+                        .create(&pp, &serde_json::from_value(value)?)
+                        .await?;
+                }
+                "Rollout" => {
+                    self.rollouts()
+                        .create(&pp, &serde_json::from_value(value)?)
+                        .await?;
+                }
+                other => bail!("unexpected kind {other:?} in a scenario"),
+            }
+        }
+        Ok(())
+    }
+
+    pub fn rollouts(&self) -> Api<Rollout> {
+        Api::namespaced(self.client.clone(), NS)
+    }
+
+    pub fn deployments(&self) -> Api<Deployment> {
+        Api::namespaced(self.client.clone(), NS)
+    }
+
+    pub fn services(&self) -> Api<Service> {
+        Api::namespaced(self.client.clone(), NS)
+    }
+
+    pub fn ingresses(&self) -> Api<Ingress> {
+        Api::namespaced(self.client.clone(), NS)
+    }
+
+    /// Creates a seed Rollout and waits until the controller took control of `demo`
+    /// (paused, phase Healthy).
+    pub async fn adopt(&self, rollout_yaml: &str, name: &str) -> Result<()> {
+        let start = Instant::now();
+        while !self.metrics.is_ready() {
+            ensure!(
+                start.elapsed() < Duration::from_secs(10),
+                "the controller never reported ready"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.create_yaml(rollout_yaml).await?;
+        self.wait_rollout(name, "phase Healthy", |r| phase(r) == "Healthy")
+            .await?;
+        let d = self.deployments().get("demo").await?;
+        ensure!(
+            d.spec.paused == Some(true),
+            "demo is not paused after adoption"
+        );
+        Ok(())
+    }
+
+    /// `kubectl set image deployment/demo main=...:<tag>`.
+    pub async fn set_image(&self, tag: &str) -> Result<()> {
+        let patch = json!({"spec": {"template": {"spec": {"containers": [
+            {"name": "main", "image": format!("registry.cn-hangzhou.aliyuncs.com/mse-ingress/version:{tag}")}
+        ]}}}});
+        self.deployments()
+            .patch("demo", &PatchParams::default(), &Patch::Strategic(&patch))
+            .await?;
+        Ok(())
+    }
+
+    /// Polls the Rollout until `pred` holds.
+    pub async fn wait_rollout(
+        &self,
+        name: &str,
+        what: &str,
+        pred: impl Fn(&Rollout) -> bool,
+    ) -> Result<Rollout> {
+        let start = Instant::now();
+        loop {
+            let r = self.rollouts().get(name).await?;
+            if pred(&r) {
+                return Ok(r);
+            }
+            if start.elapsed() > PATIENCE {
+                bail!(
+                    "Rollout {name}: no {what} after {PATIENCE:?}; status: {}",
+                    serde_json::to_string_pretty(&r.status).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the Rollout waits for approval at `step`.
+    pub async fn wait_paused_at(&self, name: &str, step: i32) -> Result<Rollout> {
+        self.wait_rollout(name, &format!("StepPaused at step {step}"), |r| {
+            r.canary_status().is_some_and(|c| {
+                c.current_step_index == step && c.current_step_state == StepState::StepPaused
+            })
+        })
+        .await
+    }
+
+    /// Waits until a release is over (phase Healthy, `Succeeded` as given).
+    pub async fn wait_finished(&self, name: &str, succeeded: &str) -> Result<Rollout> {
+        self.wait_rollout(name, &format!("Healthy with Succeeded={succeeded}"), |r| {
+            phase(r) == "Healthy"
+                && r.status
+                    .as_ref()
+                    .and_then(|s| s.condition("Succeeded"))
+                    .is_some_and(|c| c.status == succeeded)
+        })
+        .await
+    }
+
+    /// Approves as `kubectl-kruise rollout approve` does: a JSON merge patch on `/status`.
+    pub async fn approve_like_kruise(&self, name: &str) -> Result<()> {
+        let patch = json!({"status": {"canaryStatus": {"currentStepState": "StepReady"}}});
+        self.rollouts()
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        Ok(())
+    }
+
+    /// Runs the `higress-canary` binary against the sandbox.
+    pub async fn cli(&self, args: &[&str]) -> Result<std::process::Output> {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_higress-canary"))
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .output()
+            .await
+            .context("running higress-canary")?;
+        Ok(output)
+    }
+
+    /// Available and desired pods of a Deployment (0/0 if it does not exist).
+    pub async fn pods(&self, name: &str) -> Result<(i32, i32)> {
+        Ok(match self.deployments().get_opt(name).await? {
+            Some(d) => (
+                d.status
+                    .as_ref()
+                    .and_then(|s| s.available_replicas)
+                    .unwrap_or(0),
+                d.spec.replicas.unwrap_or(1),
+            ),
+            None => (0, 0),
+        })
+    }
+
+    /// Waits until the gateway answers every request on a fresh connection with `version`.
+    pub async fn until_all(&self, headers: &[(&str, &str)], version: &str) -> Result<()> {
+        let start = Instant::now();
+        let mut streak = 0;
+        loop {
+            match http::get(self.gateway(), "/version", headers).await {
+                Ok(r) if r.status == 200 && r.text() == version => {
+                    streak += 1;
+                    if streak >= 100 {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                _ => streak = 0,
+            }
+            ensure!(
+                start.elapsed() < PATIENCE,
+                "the gateway does not answer only {version:?} to {headers:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends `n` requests on one keep-alive connection and counts the answers by body.
+    pub async fn sample(&self, n: u32, headers: &[(&str, &str)]) -> Result<BTreeMap<String, u32>> {
+        let mut client = http::Client::connect(self.gateway()).await?;
+        let mut counts = BTreeMap::new();
+        for _ in 0..n {
+            let reply = client.get("/version", headers).await?;
+            ensure!(
+                reply.status == 200,
+                "gateway answered {} {:?}",
+                reply.status,
+                reply.text()
+            );
+            *counts.entry(reply.text()).or_insert(0) += 1;
+        }
+        Ok(counts)
+    }
+
+    /// Checks that `share` of `n` requests reach `v2` (the rest `v1`) within a 99.9%
+    /// two-sided binomial bound.
+    pub async fn expect_share(&self, n: u32, share: f64) -> Result<()> {
+        self.expect_share_of("v2", n, share).await
+    }
+
+    /// Checks that `share` of `n` requests reach `canary` (the rest `v1`) within a 99.9%
+    /// two-sided binomial bound.
+    pub async fn expect_share_of(&self, canary: &str, n: u32, share: f64) -> Result<()> {
+        // Let every Envoy worker run the latest config first.
+        self.cluster.gateway.synced().await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let counts = self.sample(n, &[]).await?;
+        let v2 = f64::from(counts.get(canary).copied().unwrap_or(0));
+        let other: u32 = counts
+            .iter()
+            .filter(|(k, _)| k.as_str() != "v1" && k.as_str() != canary)
+            .map(|(_, n)| n)
+            .sum();
+        ensure!(other == 0, "unexpected answers: {counts:?}");
+        let n = f64::from(n);
+        let bound = 3.29 * (n * share * (1.0 - share)).sqrt();
+        ensure!(
+            (v2 - share * n).abs() <= bound.max(0.5),
+            "{v2} of {n} requests reached {canary}, expected {} ± {bound:.0} ({counts:?})",
+            share * n
+        );
+        Ok(())
+    }
+}
+
+pub fn phase(r: &Rollout) -> String {
+    r.status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .map(|p| format!("{p:?}"))
+        .unwrap_or_default()
+}
+
+/// One answer of [`Traffic`]: when, and the body or what went wrong.
+pub type Answer = (Instant, Result<String, String>);
+
+/// Continuous traffic through the gateway on a few keep-alive connections, recording every
+/// answer, for "zero failed requests" and "the old version's share never rises" checks.
+pub struct Traffic {
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    log: Arc<Mutex<Vec<Answer>>>,
+    closes: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// What [`Traffic`] saw.
+#[derive(Debug, Default)]
+pub struct TrafficReport {
+    pub total: usize,
+    /// Responses with `Connection: close` (the connection was then replaced).
+    pub connection_closes: usize,
+    pub failures: Vec<String>,
+    pub by_version: BTreeMap<String, usize>,
+    /// Answers in time order.
+    pub answers: Vec<Answer>,
+}
+
+impl Traffic {
+    pub fn start(gateway: SocketAddr, connections: usize) -> Self {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let closes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let tasks = (0..connections)
+            .map(|_| {
+                let log = log.clone();
+                let stopped = stopped.clone();
+                let closes = closes.clone();
+                tokio::spawn(async move {
+                    let mut client = None;
+                    while !*stopped.borrow() {
+                        if client.is_none() {
+                            match http::Client::connect(gateway).await {
+                                Ok(c) => client = Some(c),
+                                Err(e) => {
+                                    push(&log, Err(format!("connect: {e}")));
+                                    tokio::time::sleep(Duration::from_millis(10)).await;
+                                    continue;
+                                }
+                            }
+                        }
+                        let Some(c) = client.as_mut() else { continue };
+                        let answer = match c.get("/version", &[]).await {
+                            Ok(r) => {
+                                // The sandbox's client does not honour `Connection: close`
+                                // (Envoy sends it while draining a replaced listener); a real
+                                // client opens a new connection.
+                                if r.header("connection")
+                                    .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+                                {
+                                    closes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                    client = None;
+                                }
+                                if r.status == 200 {
+                                    Ok(r.text())
+                                } else {
+                                    Err(format!("{} {:?}", r.status, r.text()))
+                                }
+                            }
+                            Err(e) => {
+                                client = None;
+                                Err(format!("request: {e}"))
+                            }
+                        };
+                        push(&log, answer);
+                        // ~200 requests/s per connection: plenty for the checks, light on 2 cores.
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                })
+            })
+            .collect();
+        Traffic {
+            stop,
+            tasks,
+            log,
+            closes,
+        }
+    }
+
+    pub async fn stop(self) -> TrafficReport {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        let answers = std::mem::take(
+            &mut *self
+                .log
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let mut report = TrafficReport {
+            total: answers.len(),
+            connection_closes: self.closes.load(std::sync::atomic::Ordering::Relaxed),
+            ..Default::default()
+        };
+        for (_, answer) in &answers {
+            match answer {
+                Ok(v) => *report.by_version.entry(v.clone()).or_default() += 1,
+                Err(e) => report.failures.push(e.clone()),
+            }
+        }
+        report.answers = answers;
+        report
+    }
+}
+
+fn push(log: &Mutex<Vec<Answer>>, answer: Result<String, String>) {
+    log.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push((Instant::now(), answer));
+}
