@@ -74,7 +74,9 @@ async fn up(
         .with_context(|| format!("writing {}", kubeconfig.display()))?;
     let kubeconfig = std::fs::canonicalize(&kubeconfig).unwrap_or(kubeconfig);
     let gateway = cluster.gateway.listener_addr();
-    println!("sandbox is up (a test double of Kubernetes with Higress; Ctrl-C stops it)");
+    println!(
+        "sandbox is up (a test double of Kubernetes with Higress; Ctrl-C or SIGTERM stops it)"
+    );
     println!("  API server   {}", cluster.api.url());
     println!("  kubeconfig   {}", kubeconfig.display());
     println!("  gateway      http://{gateway}");
@@ -85,12 +87,20 @@ async fn up(
     println!("  kubectl apply -f ../shared/scenarios/demo-app.yaml");
     println!("  curl http://{gateway}/version");
 
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
+    shutdown_signal().await?;
     println!("stopping: Envoy, pod servers, API server");
     cluster.gateway.shutdown();
     cluster.sim.shutdown().await;
     cluster.api.shutdown();
     Ok(())
+}
+
+/// Ctrl-C, or SIGTERM from a process manager: either way Envoy and the pod servers must stop.
+async fn shutdown_signal() -> Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("listening for SIGTERM")?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result.context("waiting for Ctrl-C"),
+        _ = term.recv() => Ok(()),
+    }
 }

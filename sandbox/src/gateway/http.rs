@@ -49,6 +49,9 @@ pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> io::
 pub struct Client {
     addr: SocketAddr,
     stream: BufReader<TcpStream>,
+    /// The server said `Connection: close` (Envoy does when it drains a listener): the next
+    /// request needs a new connection, as any HTTP/1.1 client would open.
+    closed: bool,
 }
 
 impl Client {
@@ -61,11 +64,15 @@ impl Client {
         Ok(Self {
             addr,
             stream: BufReader::new(stream),
+            closed: false,
         })
     }
 
     /// Sends a GET and reads the response; `Host` defaults to the peer address.
     pub async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> io::Result<Response> {
+        if self.closed {
+            *self = Self::connect(self.addr).await?;
+        }
         let mut request = format!("GET {path} HTTP/1.1\r\n");
         if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
             request.push_str(&format!("host: {}\r\n", self.addr));
@@ -74,12 +81,16 @@ impl Client {
             request.push_str(&format!("{name}: {value}\r\n"));
         }
         request.push_str("\r\n");
-        tokio::time::timeout(TIMEOUT, async {
+        let response = tokio::time::timeout(TIMEOUT, async {
             self.stream.get_mut().write_all(request.as_bytes()).await?;
             read_response(&mut self.stream).await
         })
         .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "request timed out"))?
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "request timed out"))??;
+        self.closed = response
+            .header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        Ok(response)
     }
 }
 
