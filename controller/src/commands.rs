@@ -7,7 +7,7 @@
 //!   (higress-canary's own; Kruise has no abort);
 //! - `undo`: the Deployment's pod template replaced by the stable ReplicaSet's (during a
 //!   release) or the previous revision's, like `kubectl-kruise rollout undo`;
-//! - `status`: a table of Rollouts.
+//! - `status`: a table of Rollouts, then each one's latest analysis results.
 //!
 //! They return what to print; the binary prints it. This is CLI code: errors are `anyhow`,
 //! worded for a person.
@@ -275,6 +275,16 @@ impl Commands {
         if let [only] = rollouts.as_slice() {
             if let Some(message) = only.status.as_ref().and_then(|s| s.message.as_deref()) {
                 let _ = writeln!(out, "\n{message}");
+            }
+        }
+        for rollout in &rollouts {
+            if let Some(state) = rollout.canary_status().and_then(|c| c.analysis.as_ref()) {
+                let _ = write!(
+                    out,
+                    "\n{}: {}",
+                    rollout.name_any(),
+                    crate::analysis::describe_status(state)
+                );
             }
         }
         Ok(out)

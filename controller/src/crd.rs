@@ -11,8 +11,11 @@
 //! - `steps[].matches[].{cookies,queryParams,path}` and the `Prefix` match type, evaluated by the
 //!   Wasm plugin;
 //! - `strategy.canary.higress` (tag header, stickiness, override header, version header);
-//! - the condition type `Accepted` and `status.canaryStatus.higress` (the plugin rule this
-//!   Rollout currently contributes, and when the routing last changed).
+//! - `strategy.canary.analysis` and `steps[].analysis`: checks of the canary's metrics in
+//!   Prometheus that advance or abort the release ([`Analysis`]);
+//! - the condition types `Accepted` and `Analysis`, `status.canaryStatus.higress` (the plugin
+//!   rule this Rollout currently contributes, and when the routing last changed) and
+//!   `status.canaryStatus.analysis` (the current step's latest check results).
 //!
 //! The match and plugin-setting types mirror `canary_core::config` field for field and convert
 //! into it with `From`; the plugin's wire schema itself is never re-declared here.
@@ -122,6 +125,11 @@ pub struct CanaryStrategy {
     /// Extension: how the higress-canary Wasm plugin routes this release.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub higress: Option<HigressRouting>,
+    /// Extension: checks of the canary's metrics in Prometheus, run by every step after its
+    /// traffic is in place (a step's own `analysis` overrides fields of this one). A step
+    /// with analysis advances only after its checks pass; failing checks abort the release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<Analysis>,
 }
 
 /// One batch.
@@ -144,9 +152,15 @@ pub struct CanaryStep {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<IntOrString>,
     /// What happens once the step is in place. `{}` (or no `pause`) waits for approval
-    /// (`kubectl-kruise rollout approve`); `duration` waits that many seconds.
+    /// (`kubectl-kruise rollout approve`); `duration` waits that many seconds. With
+    /// analysis: approval is asked for once the checks pass; `duration` advances once the
+    /// checks held for that long.
     #[serde(default)]
     pub pause: RolloutPause,
+    /// Extension: this step's analysis. Each field set here replaces the same field of
+    /// `strategy.canary.analysis` (`checks` as a whole); `enabled: false` turns it off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<Analysis>,
 }
 
 /// The pause after a step.
@@ -353,6 +367,116 @@ pub struct Override {
     pub secret_header: Option<String>,
 }
 
+/// Extension: metric analysis of a step. The built-in checks read the Wasm plugin's own
+/// per-version metrics (`higress_canary_*`, docs/plugin-config.md) for this Rollout; custom
+/// checks are PromQL. Every field is optional; a step needs at least one check.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Analysis {
+    /// `false` turns analysis off (typically for one step). Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Seconds between two runs of the checks. Default 30.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_seconds: Option<i32>,
+    /// The range of the queries (`rate(...[<window>])`, `{{window}}`) in seconds. It never
+    /// reaches back before this release's canary got traffic. Default 60.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_seconds: Option<i32>,
+    /// Canary responses the window must hold before a run gives a verdict; fewer count as
+    /// no data. Default 50.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_requests: Option<i64>,
+    /// Consecutive failed runs that abort the release. Default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_limit: Option<i32>,
+    /// What happens while runs give no verdict (no data, too few requests, Prometheus
+    /// unreachable or failing). Default: wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_data: Option<NoData>,
+    /// Built-in: the canary's share of non-5xx responses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_rate: Option<SuccessRateCheck>,
+    /// Built-in: the canary's latency at a percentile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<LatencyCheck>,
+    /// Custom PromQL checks. A step's list replaces the Rollout's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checks: Option<Vec<QueryCheck>>,
+}
+
+/// Extension: what runs without a verdict do.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NoData {
+    /// `Wait` (default): the step holds until a run gives a verdict. `Fail`: the release is
+    /// aborted once runs gave no verdict for `timeoutSeconds`.
+    #[serde(default)]
+    pub action: NoDataAction,
+    /// With `Fail`: seconds without a verdict before the release is aborted. Default
+    /// `failureLimit × intervalSeconds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<i32>,
+}
+
+/// Extension: see [`NoData::action`].
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum NoDataAction {
+    #[default]
+    Wait,
+    Fail,
+}
+
+/// Extension: the built-in success-rate check (non-5xx share of the canary's responses).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SuccessRateCheck {
+    /// The canary's success rate must be at least this many percent (0-100), e.g. `99`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_percent: Option<f64>,
+    /// The canary's success rate may be at most this many percentage points below the
+    /// stable version's over the same window, e.g. `1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_drop_from_stable: Option<f64>,
+}
+
+/// Extension: the built-in latency check (the plugin's latency histogram, request headers to
+/// the end of the stream).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LatencyCheck {
+    /// The percentile, above 0 and below 100. Default 99.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percentile: Option<f64>,
+    /// The canary's latency at the percentile must be at most this many milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ms: Option<f64>,
+    /// The canary's latency at the percentile may be at most this multiple of the stable
+    /// version's (never tighter than 1 ms, the histogram's finest bucket), e.g. `1.5`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ratio_to_stable: Option<f64>,
+}
+
+/// Extension: a custom check, a PromQL query whose single value must stay within bounds.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueryCheck {
+    /// Shown in the status and events; lowercase letters, digits and `-`.
+    pub name: String,
+    /// An instant PromQL query returning one value (aggregate with `sum(...)` or the like).
+    /// Placeholders: `{{namespace}}`, `{{name}}` (the Rollout's), `{{rollout}}`
+    /// (`<namespace>/<name>`, the plugin metrics' `rollout` label), `{{version}}` (`canary`,
+    /// their `version` label), `{{podTemplateHash}}` and `{{stablePodTemplateHash}}` (the
+    /// canary and stable pods' `pod-template-hash`), `{{window}}` (the range, e.g. `60s`).
+    pub query: String,
+    /// The value must be at least this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    /// The value must be at most this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+}
+
 // === status ===
 
 /// What the controller observed and did. Field names and enum strings are Kruise's.
@@ -395,7 +519,7 @@ pub enum RolloutPhase {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutCondition {
-    /// `Progressing`, `Succeeded`, `Terminating`, or the extension `Accepted`.
+    /// `Progressing`, `Succeeded`, `Terminating`, or the extensions `Accepted`, `Analysis`.
     #[serde(rename = "type")]
     pub r#type: String,
     /// `True`, `False` or `Unknown`.
@@ -408,7 +532,8 @@ pub struct RolloutCondition {
     pub message: String,
 }
 
-/// Condition types and reasons, as Kruise spells them (`Accepted` is an extension).
+/// Condition types and reasons, as Kruise spells them (`Accepted` and `Analysis` are
+/// extensions).
 pub mod condition {
     /// A release is moving (reasons below) or finished (`Completed`).
     pub const PROGRESSING: &str = "Progressing";
@@ -418,9 +543,13 @@ pub mod condition {
     pub const TERMINATING: &str = "Terminating";
     /// Extension: whether the spec and the objects it names are usable.
     pub const ACCEPTED: &str = "Accepted";
+    /// Extension: the latest metric analysis run (True: checks pass; False: a check fails;
+    /// Unknown: no verdict).
+    pub const ANALYSIS: &str = "Analysis";
 
     pub const TRUE: &str = "True";
     pub const FALSE: &str = "False";
+    pub const UNKNOWN: &str = "Unknown";
 
     pub const INITIALIZING: &str = "Initializing";
     pub const IN_ROLLING: &str = "InRolling";
@@ -481,6 +610,9 @@ pub struct CanaryStatus {
     /// Extension: what this Rollout currently asks of the gateway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub higress: Option<HigressStatus>,
+    /// Extension: the metric analysis of the current (or last analysed) step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisStatus>,
 }
 
 /// A step's state. Approval is `StepPaused` → `StepReady`, written by
@@ -492,7 +624,8 @@ pub enum StepState {
     StepUpgrade,
     /// Pointing the canary Service, canary Ingress and plugin rule at this step.
     StepTrafficRouting,
-    /// Reserved: analysis is not implemented (as in Kruise), the state passes at once.
+    /// Running the step's metric analysis until its checks pass (steps without analysis
+    /// pass at once, as in Kruise).
     StepMetricsAnalysis,
     /// Waiting for approval or for `pause.duration`.
     StepPaused,
@@ -521,6 +654,97 @@ pub struct HigressStatus {
     /// Ingress); the next stage waits `gracePeriodSeconds` after it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub routing_update_time: Option<Time>,
+}
+
+/// Extension: the metric analysis of one step, kept in the status so a restarted controller
+/// continues it (consecutive failures, how long the checks have held).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisStatus {
+    /// The step these results belong to.
+    #[serde(default)]
+    pub step_index: i32,
+    #[serde(default)]
+    pub phase: AnalysisPhase,
+    /// When this release's canary got traffic: query windows never reach back before it (an
+    /// earlier release's canary had the same labels).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_since: Option<Time>,
+    /// When this step's analysis began (its traffic in place).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// When the checks last ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run_time: Option<Time>,
+    /// Since when the checks have held without a break (a failed run or one without a
+    /// verdict ends it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passing_since: Option<Time>,
+    /// Since when runs have given no verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_verdict_since: Option<Time>,
+    /// Failed runs in a row.
+    #[serde(default)]
+    pub consecutive_failures: i32,
+    /// Canary responses in the window at the last run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_requests: Option<f64>,
+    /// The last run's outcome in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Each check's latest result.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<CheckStatus>,
+}
+
+/// Extension: where a step's analysis stands.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum AnalysisPhase {
+    /// No run yet.
+    #[default]
+    Pending,
+    /// The last run passed.
+    Passing,
+    /// The last run failed; fewer than `failureLimit` in a row.
+    Failing,
+    /// The last run gave no verdict (no data, too few requests, Prometheus errors).
+    NoVerdict,
+    /// The release was aborted by this analysis.
+    Failed,
+}
+
+/// Extension: one check's latest result.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckStatus {
+    pub name: String,
+    pub verdict: CheckVerdict,
+    /// The canary's value (percent for success rates, milliseconds for latency).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    /// The stable version's value, for checks relative to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_value: Option<f64>,
+    /// The bound, in words: `>= 99%`, `<= 1.5 x stable (12.3ms)`.
+    #[serde(default)]
+    pub threshold: String,
+    /// Why there is no value (no data, a query error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Extension: a check's verdict.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum CheckVerdict {
+    Pass,
+    Fail,
+    /// The query returned nothing (or NaN: no traffic in the window).
+    #[default]
+    NoData,
+    /// The canary served fewer than `minRequests` responses in the window.
+    TooFewRequests,
+    /// Prometheus could not be asked or answered with an error.
+    Error,
 }
 
 /// A rule that does not parse is dropped rather than failing the whole Rollout: a list watch

@@ -7,13 +7,17 @@
 //!
 //! The decision logic is pure and separate from I/O, so it is unit-tested without a cluster:
 //! [`validate`] checks a Rollout, [`step::plan`] decides the next writes from what was
-//! [`observed`], [`resources`] builds the canary objects and [`render`] the shared WasmPlugin.
-//! The I/O layer around it: [`observe`] reads, [`apply`] writes, [`reconcile`] runs the loop,
+//! [`observed`], [`resources`] builds the canary objects, [`render`] the shared WasmPlugin and
+//! [`analysis`] judges the canary's metrics. The I/O layer around it: [`observe`] reads,
+//! [`prometheus`] queries the metrics, [`apply`] writes, [`reconcile`] runs the loop,
 //! [`commands`] are the CLI's cluster commands.
 #![forbid(unsafe_code)]
 
 pub use canary_core::config;
 
+/// Metric analysis (pure): the queries a step's checks need, their verdicts, the step's
+/// analysis state.
+pub mod analysis;
 /// Writing a plan: object changes, the status, Events, then the shared WasmPlugin.
 pub mod apply;
 /// The CLI's cluster commands: approve, pause, resume, abort, undo, status.
@@ -22,6 +26,8 @@ pub mod commands;
 pub mod crd;
 /// Label, annotation and finalizer names.
 pub mod keys;
+/// Leader election through a Lease: `run_as_leader` runs the loop while this replica leads.
+pub mod leader;
 /// Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints.
 pub mod metrics;
 /// Reading what one Rollout's plan depends on, fresh from the API.
@@ -30,6 +36,8 @@ pub mod observe;
 pub mod observed;
 /// `higress-canary render`: each step's WasmPlugin and canary Ingress, offline.
 pub mod offline;
+/// The Prometheus HTTP API client of the metric analysis.
+pub mod prometheus;
 /// The controller loop: `Context`, `reconcile`, `error_policy`, `run`.
 pub mod reconcile;
 /// The shared WasmPlugin as a pure function of all Rollouts.
@@ -70,6 +78,9 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// The controller's settings cannot be used (returned by `run` before it starts).
+    #[error(transparent)]
+    PrometheusUrl(#[from] prometheus::UrlError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -102,6 +113,7 @@ impl Error {
             } => "api_error",
             Error::Kube { .. } => "transport",
             Error::Encode { .. } => "encode",
+            Error::PrometheusUrl(_) => "config",
         }
     }
 
@@ -116,7 +128,7 @@ impl Error {
         match self {
             Error::Conflict { .. } => exp(50, 2_000),
             Error::Kube { .. } => exp(500, 60_000),
-            Error::Encode { .. } => Duration::from_secs(300),
+            Error::Encode { .. } | Error::PrometheusUrl(_) => Duration::from_secs(300),
         }
     }
 }

@@ -19,6 +19,9 @@ use clap::{Parser, Subcommand};
 use futures::FutureExt;
 use higress_canary::{
     commands::Commands,
+    leader::{
+        run_as_leader, unique_identity, Election, DEFAULT_LEASE_DURATION_SECS, DEFAULT_LEASE_NAME,
+    },
     metrics::Metrics,
     offline::{render, RenderOptions},
     reconcile::{Settings, FIELD_MANAGER},
@@ -113,9 +116,80 @@ struct RunArgs {
     /// Rollouts reconciled at once.
     #[arg(long, default_value_t = 16)]
     concurrency: u16,
-    /// This replica's name in Events (default: the POD_NAME environment variable).
+    /// The Prometheus that Rollouts with `analysis` are checked against
+    /// (`http://host:port[/prefix]`, e.g. http://prometheus-server.monitoring). Without it,
+    /// steps with analysis never pass (their status says why).
+    #[arg(long)]
+    prometheus_url: Option<String>,
+    /// This replica's name in Events (default: the POD_NAME environment variable) and, with a
+    /// random suffix, its leader-election identity (default: POD_NAME, else the host name).
     #[arg(long)]
     instance: Option<String>,
+    /// Elect one leader among the replicas through a coordination.k8s.io Lease; only the
+    /// leader reconciles. `--leader-elect=false` runs without a Lease (one replica only, e.g.
+    /// locally).
+    #[arg(
+        long,
+        default_value_t = true,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    leader_elect: bool,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = DEFAULT_LEASE_NAME)]
+    lease_name: String,
+    /// Namespace of the Lease (default: the POD_NAMESPACE environment variable, else
+    /// higress-system).
+    #[arg(long)]
+    lease_namespace: Option<String>,
+    /// Seconds the leader's Lease stays valid after its last renewal: how long the other
+    /// replicas wait before replacing a leader that died without releasing it (it is renewed
+    /// a third of this before it expires).
+    #[arg(
+        long,
+        default_value_t = DEFAULT_LEASE_DURATION_SECS,
+        value_parser = clap::value_parser!(u64).range(2..=3600)
+    )]
+    lease_duration: u64,
+}
+
+impl RunArgs {
+    /// The election this replica joins; `pod_name`, `pod_namespace` and `hostname` come from
+    /// the environment.
+    fn election(
+        &self,
+        pod_name: Option<String>,
+        pod_namespace: Option<String>,
+        hostname: Option<String>,
+    ) -> Election {
+        let base = [self.instance.clone(), pod_name, hostname]
+            .into_iter()
+            .flatten()
+            .find(|name| !name.is_empty())
+            .unwrap_or_else(|| DEFAULT_LEASE_NAME.to_owned());
+        let namespace = self
+            .lease_namespace
+            .clone()
+            .or(pod_namespace.filter(|ns| !ns.is_empty()))
+            .unwrap_or_else(|| DEFAULT_PLUGIN_NAMESPACE.to_owned());
+        Election::new(
+            &self.lease_name,
+            namespace,
+            unique_identity(&base),
+            self.lease_duration,
+        )
+    }
+}
+
+/// The host name (Kubernetes sets `HOSTNAME` to the pod name), if known.
+fn hostname() -> Option<String> {
+    std::env::var("HOSTNAME").ok().or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|name| name.trim().to_owned())
+    })
 }
 
 #[derive(Debug, clap::Args)]
@@ -162,8 +236,16 @@ fn main() -> ExitCode {
     }
 }
 
-async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client> {
-    let config = match kubeconfig {
+/// Who is calling, in every request's User-Agent (audit logs, API server metrics, the sandbox's
+/// request log that tests the RBAC in deploy/ against what the controller really calls).
+#[derive(Debug, Clone, Copy)]
+enum Role {
+    Controller,
+    Cli,
+}
+
+async fn client(kubeconfig: Option<&Path>, role: Role) -> Result<kube::Client> {
+    let mut config = match kubeconfig {
         Some(path) => {
             let kubeconfig = Kubeconfig::read_from(path)
                 .with_context(|| format!("reading kubeconfig {}", path.display()))?;
@@ -175,6 +257,15 @@ async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client> {
             .await
             .context("no kubeconfig (KUBECONFIG, ~/.kube/config) and not in a cluster")?,
     };
+    let role = match role {
+        Role::Controller => "controller",
+        Role::Cli => "cli",
+    };
+    let user_agent = format!("higress-canary/{} ({role})", env!("CARGO_PKG_VERSION"));
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_str(&user_agent).context("the User-Agent header")?,
+    ));
     kube::Client::try_from(config).context("creating the Kubernetes client")
 }
 
@@ -201,7 +292,7 @@ async fn online(command: Command) -> Result<()> {
             watch,
         } => {
             let commands = Commands::new(
-                client(cluster.kubeconfig.as_deref()).await?,
+                client(cluster.kubeconfig.as_deref(), Role::Cli).await?,
                 cluster.namespace,
             );
             let name = name.as_deref().map(rollout_name);
@@ -255,7 +346,7 @@ async fn online(command: Command) -> Result<()> {
 }
 
 async fn named(args: &NamedArgs) -> Result<(Commands, String)> {
-    let client = client(args.cluster.kubeconfig.as_deref()).await?;
+    let client = client(args.cluster.kubeconfig.as_deref(), Role::Cli).await?;
     Ok((
         Commands::new(client, args.cluster.namespace.clone()),
         rollout_name(&args.name).to_owned(),
@@ -264,7 +355,18 @@ async fn named(args: &NamedArgs) -> Result<(Commands, String)> {
 
 async fn run_controller(args: RunArgs) -> Result<()> {
     init_tracing();
-    let client = client(args.kubeconfig.as_deref()).await?;
+    let election = args.leader_elect.then(|| {
+        args.election(
+            std::env::var("POD_NAME").ok(),
+            std::env::var("POD_NAMESPACE").ok(),
+            hostname(),
+        )
+    });
+    if let Some(url) = &args.prometheus_url {
+        // Checked before anything starts; `run` would report it only after connecting.
+        higress_canary::prometheus::Prometheus::new(url)?;
+    }
+    let client = client(args.kubeconfig.as_deref(), Role::Controller).await?;
     let metrics = Arc::new(Metrics::default());
     let settings = Settings {
         plugin: PluginRef {
@@ -276,6 +378,7 @@ async fn run_controller(args: RunArgs) -> Result<()> {
         concurrency: args.concurrency,
         instance: args.instance.or_else(|| std::env::var("POD_NAME").ok()),
         metrics: metrics.clone(),
+        prometheus_url: args.prometheus_url,
         ..Settings::default()
     };
     let (stop_controller, controller_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -289,7 +392,7 @@ async fn run_controller(args: RunArgs) -> Result<()> {
             .with_context(|| format!("--metrics-addr {:?}", args.metrics_addr))?;
         Some(tokio::spawn(higress_canary::metrics::serve(
             addr,
-            metrics,
+            metrics.clone(),
             server_stopped.map(|_| ()),
         )))
     };
@@ -299,7 +402,19 @@ async fn run_controller(args: RunArgs) -> Result<()> {
         let _ = stop_controller.send(());
         let _ = stop_server.send(());
     });
-    let result = higress_canary::run(client, settings, controller_stopped.map(|_| ())).await;
+    let shutdown = controller_stopped.map(|_| ());
+    let result = match election {
+        // Lost leadership is an error: the process exits non-zero and restarts as a follower.
+        Some(election) => run_as_leader(client, settings, election, shutdown)
+            .await
+            .map_err(anyhow::Error::from),
+        None => {
+            metrics.set_leader(true);
+            higress_canary::run(client, settings, shutdown)
+                .await
+                .map_err(anyhow::Error::from)
+        }
+    };
     signals.abort();
     if let Some(server) = server {
         server.abort();
@@ -366,4 +481,70 @@ fn read_input(path: &Path) -> Result<String> {
         return Ok(text);
     }
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(args: &[&str]) -> RunArgs {
+        let cli = Cli::try_parse_from(["higress-canary", "run"].iter().chain(args))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        match cli.command {
+            Command::Run(run) => run,
+            other => panic!("parsed {other:?}"),
+        }
+    }
+
+    #[test]
+    fn leader_election_is_on_by_default_with_a_15_second_lease() {
+        let args = run_args(&[]);
+        assert!(args.leader_elect);
+        assert_eq!(args.lease_name, "higress-canary");
+        assert_eq!(args.lease_duration, 15);
+        let election = args.election(None, None, Some("node-1".into()));
+        assert_eq!(election.lease(), "higress-system/higress-canary");
+        assert_eq!(election.lease_duration_secs, 15);
+        assert_eq!(election.renew_grace_secs, 5);
+        assert!(election.identity.starts_with("node-1-"), "{election:?}");
+        assert!(run_args(&["--leader-elect"]).leader_elect);
+        assert!(run_args(&["--leader-elect=true"]).leader_elect);
+        assert!(!run_args(&["--leader-elect=false"]).leader_elect);
+        assert!(Cli::try_parse_from(["higress-canary", "run", "--lease-duration=1"]).is_err());
+    }
+
+    #[test]
+    fn the_prometheus_url_is_optional() {
+        assert_eq!(run_args(&[]).prometheus_url, None);
+        assert_eq!(
+            run_args(&["--prometheus-url", "http://prometheus:9090"])
+                .prometheus_url
+                .as_deref(),
+            Some("http://prometheus:9090")
+        );
+    }
+
+    #[test]
+    fn the_identity_and_namespace_come_from_flags_then_the_pod() {
+        let pod = |args: &RunArgs| {
+            args.election(
+                Some("canary-7d9f8-x2k4p".into()),
+                Some("ops".into()),
+                Some("node-1".into()),
+            )
+        };
+        let election = pod(&run_args(&[]));
+        assert!(election.identity.starts_with("canary-7d9f8-x2k4p-"));
+        assert_eq!(election.lease_namespace, "ops");
+        let election = pod(&run_args(&[
+            "--instance=replica-a",
+            "--lease-namespace=elsewhere",
+            "--lease-name=mine",
+        ]));
+        assert!(election.identity.starts_with("replica-a-"));
+        assert_eq!(election.lease(), "elsewhere/mine");
+        let election = run_args(&[]).election(None, Some(String::new()), None);
+        assert!(election.identity.starts_with("higress-canary-"));
+        assert_eq!(election.lease_namespace, "higress-system");
+    }
 }

@@ -8,7 +8,8 @@
 //! - `higress_canary_rollout_phase{rollout,phase}`: 1 for the Rollout's current phase;
 //! - `higress_canary_rollout_step{rollout}`, `higress_canary_rollout_steps{rollout}` (from the
 //!   status; 0 before any release) and `higress_canary_rollout_weight_percent{rollout}` (the
-//!   share the plugin rule sends to the canary now).
+//!   share the plugin rule sends to the canary now);
+//! - `higress_canary_leader`: 1 while this replica leads (holds the Lease and runs the loop).
 
 use std::{
     collections::BTreeMap,
@@ -41,6 +42,7 @@ pub struct Metrics {
     duration_sum_micros: AtomicU64,
     rollouts: Mutex<BTreeMap<String, RolloutGauges>>,
     ready: AtomicBool,
+    leader: AtomicBool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -104,6 +106,15 @@ impl Metrics {
         self.ready.load(Ordering::SeqCst)
     }
 
+    /// Marks this replica the leader (it runs the controller loop) or a follower.
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.store(leader, Ordering::SeqCst);
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::SeqCst)
+    }
+
     /// Reconciles completed so far.
     pub fn reconciles(&self) -> u64 {
         self.reconciles.load(Ordering::Relaxed)
@@ -123,6 +134,13 @@ impl Metrics {
              # TYPE higress_canary_reconciles_total counter\n\
              higress_canary_reconciles_total {}",
             self.reconciles()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP higress_canary_leader 1 while this replica leads (holds the Lease), else 0.\n\
+             # TYPE higress_canary_leader gauge\n\
+             higress_canary_leader {}",
+            u8::from(self.is_leader())
         );
         let _ = writeln!(
             out,
@@ -268,6 +286,7 @@ mod tests {
         let text = m.render();
         for line in [
             "higress_canary_reconciles_total 1",
+            "higress_canary_leader 0",
             "higress_canary_reconcile_errors_total{error=\"conflict\"} 1",
             "higress_canary_reconcile_duration_seconds_bucket{le=\"0.005\"} 1",
             "higress_canary_reconcile_duration_seconds_bucket{le=\"0.025\"} 2",

@@ -112,6 +112,7 @@ pub async fn observe(
         canary_ingress,
         plugin,
         conflicts: conflicts(rollout, &names, others),
+        measurement: None,
     })
 }
 

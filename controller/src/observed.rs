@@ -7,7 +7,7 @@ use canary_core::{config::RuleConfig, PluginConfig};
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service, networking::v1::Ingress};
 use kube::ResourceExt;
 
-use crate::{crd::Rollout, keys::POD_TEMPLATE_HASH};
+use crate::{analysis::Measurement, crd::Rollout, keys::POD_TEMPLATE_HASH};
 
 /// The world around one Rollout.
 #[derive(Debug, Clone, Default)]
@@ -30,6 +30,9 @@ pub struct Observed {
     /// Other Rollouts in the namespace that govern the same Deployment and came first
     /// (older creationTimestamp, then name): this one must stand back.
     pub conflicts: Vec<String>,
+    /// Prometheus's answers to the analysis run that was due
+    /// ([`crate::analysis::pending_queries`]); `None` when no run was due.
+    pub measurement: Option<Measurement>,
 }
 
 /// The stable Deployment plus what its ReplicaSets say.

@@ -31,10 +31,12 @@ use kube::{
 use tracing::{debug, info, instrument, warn};
 
 use crate::{
+    analysis::{self, Answer, Measurement},
     apply::{apply, PluginSync},
     crd::Rollout,
     metrics::{rollout_key, Metrics},
     observe::{observe, wasm_plugin_api, wasm_plugin_resource},
+    prometheus::Prometheus,
     render::{self, PluginRef},
     step,
     validate::Names,
@@ -62,6 +64,9 @@ pub struct Settings {
     pub metrics: Arc<Metrics>,
     /// Look at every Rollout at least this often.
     pub resync: Duration,
+    /// The Prometheus the metric analysis queries (`http://host:port`). Without it, steps
+    /// with analysis get no verdict (reported in their status) and never pass.
+    pub prometheus_url: Option<String>,
 }
 
 impl Default for Settings {
@@ -73,6 +78,7 @@ impl Default for Settings {
             instance: None,
             metrics: Arc::default(),
             resync: DEFAULT_RESYNC,
+            prometheus_url: None,
         }
     }
 }
@@ -89,12 +95,20 @@ pub struct Context {
     pub rollouts: Store<Rollout>,
     /// Serialized, coalesced writes of the shared WasmPlugin.
     pub plugin: PluginSync,
+    /// The metric analysis' Prometheus, from [`Settings::prometheus_url`].
+    pub prometheus: Option<Prometheus>,
     /// Consecutive failures per Rollout, for the backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
-    pub fn new(client: Client, settings: Settings, rollouts: Store<Rollout>) -> Self {
+    /// Fails only on an unusable [`Settings::prometheus_url`].
+    pub fn new(client: Client, settings: Settings, rollouts: Store<Rollout>) -> Result<Self> {
+        let prometheus = settings
+            .prometheus_url
+            .as_deref()
+            .map(Prometheus::new)
+            .transpose()?;
         let recorder = Recorder::new(
             client.clone(),
             Reporter {
@@ -102,14 +116,47 @@ impl Context {
                 instance: settings.instance.clone(),
             },
         );
-        Self {
+        Ok(Self {
             client,
             settings,
             recorder,
             rollouts,
             plugin: PluginSync::default(),
+            prometheus,
             failures: Mutex::default(),
+        })
+    }
+
+    /// Asks Prometheus the queries of the analysis run due for `rollout`, if one is.
+    async fn measure(&self, rollout: &Rollout, key: &str) -> Option<Measurement> {
+        let plan = analysis::pending_queries(rollout, Timestamp::now())?;
+        let answers = match &self.prometheus {
+            Some(prometheus) => prometheus.answer(&plan.queries).await,
+            None => plan
+                .queries
+                .iter()
+                .map(|q| {
+                    let why = "no Prometheus configured: start the controller with \
+                               --prometheus-url";
+                    (q.id.clone(), Answer::Error(why.to_owned()))
+                })
+                .collect(),
+        };
+        for (id, answer) in &answers {
+            match answer {
+                Answer::Values(values) => {
+                    debug!(rollout = %key, query = %id, ?values, "analysis query answered")
+                }
+                Answer::Error(error) => {
+                    warn!(rollout = %key, query = %id, %error, "analysis query failed")
+                }
+            }
         }
+        Some(Measurement {
+            step_index: plan.step_index,
+            canary_revision: plan.canary_revision,
+            answers,
+        })
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
@@ -161,7 +208,8 @@ async fn reconcile_fresh(cached: &Rollout, ctx: &Context, key: &str) -> Result<A
         return Ok(Action::await_change());
     };
     let others = ctx.rollouts.state();
-    let observed = observe(&ctx.client, &ctx.settings.plugin, &rollout, &others).await?;
+    let mut observed = observe(&ctx.client, &ctx.settings.plugin, &rollout, &others).await?;
+    observed.measurement = ctx.measure(&rollout, key).await;
     let plan = step::plan(&rollout, &observed, Timestamp::now());
     let applied = apply(ctx, &rollout, &plan).await?;
     if applied.released {
@@ -324,7 +372,7 @@ pub async fn run(
         .clone()
         .fields(&format!("metadata.name={}", settings.plugin.name));
     let concurrency = settings.concurrency;
-    let ctx = Arc::new(Context::new(client.clone(), settings, store.clone()));
+    let ctx = Arc::new(Context::new(client.clone(), settings, store.clone())?);
 
     let ready = store.clone();
     let ready_metrics = metrics.clone();
@@ -344,7 +392,11 @@ pub async fn run(
         }
     });
 
-    info!(plugin = %format!("{}/{}", ctx.settings.plugin.namespace, ctx.settings.plugin.name), "starting the Rollout controller");
+    info!(
+        plugin = %format!("{}/{}", ctx.settings.plugin.namespace, ctx.settings.plugin.name),
+        prometheus = ctx.prometheus.as_ref().map_or("(none)", |p| p.url()),
+        "starting the Rollout controller"
+    );
     controller
         .watches(
             Api::<Deployment>::all(client.clone()),

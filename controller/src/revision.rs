@@ -21,17 +21,21 @@ pub fn template_hash(template: &PodTemplateSpec) -> String {
 
 /// The hash of a release plan, stored as `canaryStatus.rolloutHash`. Pauses and the failure
 /// threshold are left out, as in Kruise: changing them does not recompute the current step.
+/// So is the analysis (an extension): changed checks apply from the next run on.
 pub fn strategy_hash(canary: &CanaryStrategy) -> String {
     let mut canary = canary.clone();
     canary.failure_threshold = None;
+    canary.analysis = None;
     for step in &mut canary.steps {
         step.pause = Default::default();
+        step.analysis = None;
     }
     hash_json(&canary)
 }
 
 fn hash_json<T: serde::Serialize>(value: &T) -> String {
-    // Serializing plain data (string-keyed maps, no floats that could be NaN) cannot fail;
+    // Serializing plain data (string-keyed maps; the analysis, whose floats could be NaN, is
+    // left out) cannot fail;
     // struct fields and BTreeMaps serialize in a fixed order, so equal values hash equally.
     let bytes = serde_json::to_vec(value).unwrap_or_default();
     format!("{:016x}", xxh3_64(&bytes))

@@ -20,6 +20,14 @@
 //!
 //! The plugin rule this Rollout wants lives in its status (`canaryStatus.higress.rule`), so the
 //! shared WasmPlugin is a pure function of all Rollouts ([`crate::render`]).
+//!
+//! A step with metric analysis ([`crate::analysis`]) stays in `StepMetricsAnalysis` after its
+//! traffic is in place, consuming the Prometheus answers the I/O layer fetched when a run was
+//! due ([`Observed::measurement`]), until its checks pass: with `pause.duration` it advances
+//! once they held that long, otherwise it asks for approval and keeps running the checks while
+//! it waits. `failureLimit` failed runs in a row abort the release like the abort annotation
+//! does (traffic to stable in the same reconcile), and the aborted revision is not released
+//! again until the Deployment's template changes.
 
 use std::time::Duration;
 
@@ -32,9 +40,10 @@ use k8s_openapi::{
 use kube::ResourceExt;
 
 use crate::{
+    analysis::{self, Analysis, Outcome, Verdict},
     crd::{
-        condition, CanaryStatus, HigressStatus, Rollout, RolloutCondition, RolloutPhase,
-        RolloutStatus, StepState, DEFAULT_GRACE_PERIOD_SECONDS,
+        condition, AnalysisPhase, CanaryStatus, HigressStatus, Rollout, RolloutCondition,
+        RolloutPhase, RolloutStatus, StepState, DEFAULT_GRACE_PERIOD_SECONDS,
     },
     keys::{ABORT_ANNOTATION, REVISION_ANNOTATION, ROLLOUT_FINALIZER, ROLLOUT_ID_LABEL},
     observed::{owned_by, service_pin, Observed, Workload},
@@ -149,6 +158,14 @@ pub mod reasons {
     pub const ROLLOUT_TERMINATED: &str = "RolloutTerminated";
     /// Warning; the condition `Accepted=False` carries the specific reason.
     pub const INVALID_ROLLOUT: &str = "InvalidRollout";
+    /// A step's checks passed (and held for its `pause.duration`).
+    pub const ANALYSIS_PASSED: &str = "AnalysisPassed";
+    /// Warning: a run failed, fewer times in a row than `failureLimit`.
+    pub const ANALYSIS_CHECK_FAILED: &str = "AnalysisCheckFailed";
+    /// Warning: the analysis aborted the release.
+    pub const ANALYSIS_FAILED: &str = "AnalysisFailed";
+    /// Warning: Prometheus could not be queried (reported once per outage).
+    pub const ANALYSIS_ERROR: &str = "AnalysisError";
 }
 
 /// Computes what to do next. See the module docs.
@@ -280,7 +297,27 @@ impl Planner<'_> {
             return self.initial(workload);
         };
         if workload.in_sync() {
+            // Back on the stable template: a revision its analysis rolled back may be released
+            // again.
+            if let Some(cs) = self.status.canary_status.as_mut() {
+                if cs
+                    .analysis
+                    .as_ref()
+                    .is_some_and(|a| a.phase == AnalysisPhase::Failed)
+                {
+                    cs.analysis = None;
+                }
+            }
             self.say("Rollout is healthy".to_owned());
+            return Flow::Wait;
+        }
+        if self.rolled_back_by_analysis(&workload.revision) {
+            self.say(format!(
+                "The release of revision {} was rolled back by its analysis; change the \
+                 Deployment's template to release a new revision, or revert it (higress-canary \
+                 undo) and apply it again to retry",
+                workload.revision
+            ));
             return Flow::Wait;
         }
         if self.abort_requested(&workload.revision) {
@@ -335,7 +372,7 @@ impl Planner<'_> {
         self.status.phase = Some(RolloutPhase::Progressing);
         self.status
             .conditions
-            .retain(|c| c.r#type != condition::SUCCEEDED);
+            .retain(|c| c.r#type != condition::SUCCEEDED && c.r#type != condition::ANALYSIS);
         self.set_progressing(condition::INITIALIZING, "Rollout is in Progressing");
     }
 
@@ -457,8 +494,11 @@ impl Planner<'_> {
         match cs.current_step_state {
             StepState::StepUpgrade => self.upgrade(release, workload, step),
             StepState::StepTrafficRouting => self.route(release, step),
+            StepState::StepMetricsAnalysis if step.analysis.is_some() => {
+                self.analyse(release, step)
+            }
             StepState::StepMetricsAnalysis => {
-                // Not implemented, as in Kruise: the state passes at once.
+                // No analysis, as in Kruise: the state passes at once.
                 self.transition(StepState::StepPaused);
                 if step.pause_seconds.is_none() && !self.auto_passes(release, step) {
                     self.event(
@@ -473,7 +513,19 @@ impl Planner<'_> {
                 }
                 Flow::Continue
             }
-            StepState::StepPaused => self.pause(release, step),
+            StepState::StepPaused => {
+                // Checks keep running while a step waits for approval.
+                if let Some(analysis) = &step.analysis {
+                    if let Some(flow) = self.run_analysis(release, analysis, 0) {
+                        return flow;
+                    }
+                    if let Some(state) = self.canary_status().analysis.clone() {
+                        let next = analysis::next_run_at(&state, analysis, 0, self.now);
+                        self.requeue_after(analysis::until(next, self.now));
+                    }
+                }
+                self.pause(release, step)
+            }
             StepState::StepReady => self.advance(release, workload),
             StepState::Completed => {
                 self.set_progressing(condition::FINALISING, "Rollout is in finalising");
@@ -653,7 +705,184 @@ impl Planner<'_> {
             return flow;
         }
         self.transition(StepState::StepMetricsAnalysis);
+        if let Some(analysis) = &step.analysis {
+            self.start_analysis(k, analysis);
+        }
         Flow::Continue
+    }
+
+    /// StepMetricsAnalysis of a step with analysis: run the checks every interval until they
+    /// pass (and held for `pause.duration`, if set); then ask for approval, or advance.
+    fn analyse(&mut self, release: &Release, step: &Step) -> Flow {
+        let Some(analysis) = step.analysis.as_ref() else {
+            return Flow::Continue;
+        };
+        let hold = step.pause_seconds.unwrap_or(0);
+        if let Some(flow) = self.run_analysis(release, analysis, hold) {
+            return flow;
+        }
+        let cs = self.canary_status().clone();
+        let (k, n) = (cs.current_step_index, release.step_count());
+        let Some(state) = cs.analysis else {
+            return Flow::Continue;
+        };
+        let total = self.observed.workload.as_ref().map(Workload::replicas);
+        let summary = state.message.clone().unwrap_or_default();
+        if analysis::held_for(&state, hold, self.now) {
+            let held = if hold > 0 {
+                format!(" and held for {hold}s")
+            } else {
+                String::new()
+            };
+            self.event(
+                EventKind::Normal,
+                reasons::ANALYSIS_PASSED,
+                format!("Step {k}/{n}: the checks passed{held}: {summary}"),
+            );
+            if step.pause_seconds.is_none() && !self.auto_passes(release, step) {
+                self.transition(StepState::StepPaused);
+                self.event(
+                    EventKind::Normal,
+                    reasons::STEP_PAUSED,
+                    format!(
+                        "Step {k}/{n} ({}) passed its analysis and is waiting for approval",
+                        step.describe(total)
+                    ),
+                );
+            } else {
+                self.transition(StepState::StepReady);
+            }
+            return Flow::Continue;
+        }
+        let next = analysis::next_run_at(&state, analysis, hold, self.now);
+        let progress = match (state.phase, state.passing_since.as_ref()) {
+            (AnalysisPhase::Passing, Some(since)) if hold > 0 => {
+                let held = (self.now.as_millisecond() - since.0.as_millisecond()) / 1000;
+                format!(" (held {held}s of {hold}s)")
+            }
+            _ => String::new(),
+        };
+        self.say(format!(
+            "Step {k}/{n} ({}): analysing the canary{progress}: {summary}",
+            step.describe(total)
+        ));
+        self.wait(analysis::until(next, self.now))
+    }
+
+    /// Begins step `k`'s analysis now (its traffic is in place).
+    fn start_analysis(&mut self, k: i32, analysis: &Analysis) {
+        let now = self.now;
+        let cs = self.canary_status();
+        // The release's first analysed step starts the window at its routing change (when
+        // the canary got traffic); later steps keep that start.
+        let traffic_since = cs
+            .analysis
+            .as_ref()
+            .and_then(|a| a.traffic_since.clone())
+            .or_else(|| {
+                cs.higress
+                    .as_ref()
+                    .and_then(|h| h.routing_update_time.clone())
+            });
+        cs.analysis = Some(analysis::start(k, traffic_since, now));
+        self.set_condition(
+            condition::ANALYSIS,
+            condition::UNKNOWN,
+            "Pending",
+            &format!(
+                "Step {k}: analysis started; the first run is in {}s",
+                analysis.interval_seconds
+            ),
+        );
+    }
+
+    /// Consumes a due run's answers for the current step: records it, reports it and aborts
+    /// the release after `failureLimit` failures (`Some` then). `hold`: the step's
+    /// `pause.duration` while it is in StepMetricsAnalysis.
+    fn run_analysis(&mut self, release: &Release, analysis: &Analysis, hold: i64) -> Option<Flow> {
+        let now = self.now;
+        let cs = self.canary_status().clone();
+        let (k, n) = (cs.current_step_index, release.step_count());
+        if cs.analysis.as_ref().is_none_or(|a| a.step_index != k) {
+            // A controller that did not record the start (a hand-edited state): start now.
+            self.start_analysis(k, analysis);
+            return None;
+        }
+        let mut state = cs.analysis?;
+        let measurement = self
+            .observed
+            .measurement
+            .as_ref()
+            .filter(|m| m.step_index == k && m.canary_revision == cs.canary_revision)?;
+        if now < analysis::next_run_at(&state, analysis, hold, now) {
+            return None;
+        }
+        let run = analysis::evaluate(analysis, &measurement.answers);
+        let outcome = analysis::record(&mut state, analysis, &run, now);
+        self.canary_status().analysis = Some(state.clone());
+        let previous_reason = self
+            .status
+            .condition(condition::ANALYSIS)
+            .map(|c| c.reason.clone());
+        let reason = analysis::condition_reason(run.verdict);
+        let message = format!("Step {k}/{n}: {}", run.summary);
+        if let Outcome::Abort(why) = outcome {
+            self.abort_by_analysis(k, n, &why);
+            return Some(Flow::Continue);
+        }
+        match run.verdict {
+            Verdict::Pass => {
+                self.set_condition(condition::ANALYSIS, condition::TRUE, reason, &message)
+            }
+            Verdict::Fail => {
+                self.set_condition(condition::ANALYSIS, condition::FALSE, reason, &message);
+                self.event(
+                    EventKind::Warning,
+                    reasons::ANALYSIS_CHECK_FAILED,
+                    format!(
+                        "{message} ({} of {} failed runs in a row before the release is \
+                         aborted)",
+                        state.consecutive_failures, analysis.failure_limit
+                    ),
+                );
+            }
+            Verdict::NoVerdict(why) => {
+                self.set_condition(condition::ANALYSIS, condition::UNKNOWN, reason, &message);
+                if why == analysis::NoVerdict::Error && previous_reason.as_deref() != Some(reason) {
+                    self.event(EventKind::Warning, reasons::ANALYSIS_ERROR, message);
+                }
+            }
+        }
+        None
+    }
+
+    /// The analysis failed: abort as the abort annotation does.
+    fn abort_by_analysis(&mut self, k: i32, n: i32, why: &str) {
+        let message = format!("Step {k}/{n}: analysis failed: {why}");
+        self.event(
+            EventKind::Warning,
+            reasons::ANALYSIS_FAILED,
+            format!("{message}; routing all traffic to stable and removing the canary"),
+        );
+        self.set_condition(
+            condition::ANALYSIS,
+            condition::FALSE,
+            "CheckFailed",
+            &message,
+        );
+        self.set_progressing(condition::CANCELLING, "Rollout is in cancelling");
+        self.say(message);
+    }
+
+    /// Whether the release of `revision` was aborted by its analysis (and not retried since).
+    fn rolled_back_by_analysis(&self, revision: &str) -> bool {
+        self.status.canary_status.as_ref().is_some_and(|cs| {
+            cs.canary_revision == revision
+                && cs
+                    .analysis
+                    .as_ref()
+                    .is_some_and(|a| a.phase == AnalysisPhase::Failed)
+        })
     }
 
     /// StepPaused: wait for approval or for `pause.duration`.
@@ -889,10 +1118,15 @@ impl Planner<'_> {
             self.ensure_paused(workload, true);
         }
         let revision = self.canary_status().canary_revision.clone();
+        let how = if self.rolled_back_by_analysis(&revision) {
+            "rolled back by its analysis"
+        } else {
+            "cancelled"
+        };
         self.finish(
             condition::FALSE,
             "Rollout progressing has been cancelled",
-            format!("Rollout cancelled: revision {revision} was not released"),
+            format!("Rollout {how}: revision {revision} was not released"),
         );
         self.event(
             EventKind::Warning,
@@ -966,9 +1200,26 @@ impl Planner<'_> {
         );
     }
 
-    /// `spec.disabled`: like deletion, but the Rollout stays.
+    /// `spec.disabled`: like deletion, but the Rollout stays. As in Kruise, a Rollout that
+    /// holds nothing (never took control of its Deployment) is Disabled at once and leaves the
+    /// Deployment as it is.
     fn disable(&mut self) {
         if self.status.phase == Some(RolloutPhase::Disabled) {
+            return;
+        }
+        if !self.controls_workload() {
+            self.status.phase = Some(RolloutPhase::Disabled);
+            self.status.canary_status = None;
+            self.say("Rollout is disabled".to_owned());
+            self.event(
+                EventKind::Normal,
+                reasons::ROLLOUT_DISABLED,
+                format!(
+                    "Rollout disabled before it took control of Deployment {}; the Deployment \
+                     is left as it is",
+                    self.names.deployment.as_deref().unwrap_or("(none)")
+                ),
+            );
             return;
         }
         self.status.phase = Some(RolloutPhase::Disabling);
@@ -1009,10 +1260,34 @@ impl Planner<'_> {
             self.say("Restoring the stable Service".to_owned());
             return self.wait(POLL);
         }
-        if let Some(workload) = self.observed.workload.as_ref() {
+        // Only a pause this Rollout made is undone; one made by hand before it took control
+        // stays.
+        if let Some(workload) = self
+            .observed
+            .workload
+            .as_ref()
+            .filter(|_| self.controls_workload())
+        {
             self.ensure_paused(workload, false);
         }
         Flow::Continue
+    }
+
+    /// Whether this Rollout paused its Deployment and has not handed it back, by the phase it
+    /// had when read: Healthy and Progressing hold the Deployment, and Disabling and
+    /// Terminating are written only while handing it back. A Rollout that never left Initial
+    /// (invalid, waiting for a native rollout to finish, created disabled) never paused it; a
+    /// Disabled one already handed it back.
+    fn controls_workload(&self) -> bool {
+        matches!(
+            self.rollout.status.as_ref().and_then(|s| s.phase),
+            Some(
+                RolloutPhase::Healthy
+                    | RolloutPhase::Progressing
+                    | RolloutPhase::Disabling
+                    | RolloutPhase::Terminating
+            )
+        )
     }
 
     /// Takes this Rollout's rule off the gateway and, while canary pods still exist behind an
@@ -1410,6 +1685,8 @@ fn plural(n: i32) -> &'static str {
     }
 }
 
+#[cfg(test)]
+mod analysis_tests;
 #[cfg(test)]
 pub(crate) mod sim;
 #[cfg(test)]

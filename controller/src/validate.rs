@@ -13,9 +13,10 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use crate::{
+    analysis::{self, Analysis, Check, CheckKind, NoDataPolicy},
     crd::{
-        CanaryStep, HigressRouting, HttpRouteMatch, PatchPodTemplateMetadata, Rollout,
-        DEFAULT_INGRESS_CLASS_TYPE,
+        self, CanaryStep, HigressRouting, HttpRouteMatch, NoDataAction, PatchPodTemplateMetadata,
+        Rollout, DEFAULT_INGRESS_CLASS_TYPE,
     },
     keys::ROLLING_STYLE_ANNOTATION,
     observed::{owned_by, Observed},
@@ -167,6 +168,8 @@ pub struct Step {
     pub rule: Option<RuleConfig>,
     /// `pause.duration`; `None` waits for approval.
     pub pause_seconds: Option<i64>,
+    /// The step's metric analysis: `strategy.canary.analysis` with the step's overrides.
+    pub analysis: Option<Analysis>,
 }
 
 impl Step {
@@ -342,10 +345,13 @@ impl Release {
         ];
         let tag_value = tag_value(&names.rollout);
 
+        if let Some(base) = &canary.analysis {
+            check_analysis_fields(ANALYSIS_AT, base)?;
+        }
         let mut steps = Vec::with_capacity(canary.steps.len());
         for (i, step) in canary.steps.iter().enumerate() {
             let at = format!("spec.strategy.canary.steps[{i}]");
-            steps.push(validate_step(
+            let mut validated = validate_step(
                 &at,
                 step,
                 &RuleBase {
@@ -355,7 +361,14 @@ impl Release {
                     tag_value: &tag_value,
                     ext: &ext,
                 },
-            )?);
+            )?;
+            validated.analysis = step_analysis(
+                &at,
+                canary.analysis.as_ref(),
+                step.analysis.as_ref(),
+                validated.rule.is_some(),
+            )?;
+            steps.push(validated);
         }
         // Same-kind values can be compared without the Deployment's size; the rest is checked
         // in `check_world`.
@@ -571,7 +584,278 @@ fn validate_step(at: &str, step: &CanaryStep, base: &RuleBase<'_>) -> Result<Ste
         replicas,
         rule,
         pause_seconds: step.pause.duration.map(i64::from),
+        analysis: None,
     })
+}
+
+// === analysis ===
+
+const ANALYSIS_AT: &str = "spec.strategy.canary.analysis";
+
+/// Checks the values one `analysis` block sets, naming the field of a bad one.
+fn check_analysis_fields(at: &str, a: &crd::Analysis) -> Result<(), Invalid> {
+    let range = |field: &str, value: Option<i64>, min: i64, max: i64| match value {
+        Some(v) if !(min..=max).contains(&v) => Err(Invalid::spec(format!(
+            "{at}.{field} must be between {min} and {max}, got {v}"
+        ))),
+        _ => Ok(()),
+    };
+    range(
+        "intervalSeconds",
+        a.interval_seconds.map(i64::from),
+        1,
+        86_400,
+    )?;
+    range("windowSeconds", a.window_seconds.map(i64::from), 1, 604_800)?;
+    range("minRequests", a.min_requests, 0, i64::MAX)?;
+    range("failureLimit", a.failure_limit.map(i64::from), 1, 1_000)?;
+    if let Some(no_data) = &a.no_data {
+        range(
+            "noData.timeoutSeconds",
+            no_data.timeout_seconds.map(i64::from),
+            1,
+            604_800,
+        )?;
+        if no_data.action == NoDataAction::Wait && no_data.timeout_seconds.is_some() {
+            return Err(Invalid::spec(format!(
+                "{at}.noData.timeoutSeconds applies only with action: Fail; remove it or set                  action: Fail"
+            )));
+        }
+    }
+    let real = |field: &str, value: Option<f64>, ok: &dyn Fn(f64) -> bool, what: &str| match value {
+        Some(v) if !v.is_finite() || !ok(v) => Err(Invalid::spec(format!(
+            "{at}.{field} must be {what}, got {v}"
+        ))),
+        _ => Ok(()),
+    };
+    if let Some(sr) = &a.success_rate {
+        if sr.min_percent.is_none() && sr.max_drop_from_stable.is_none() {
+            return Err(Invalid::spec(format!(
+                "{at}.successRate: set minPercent, maxDropFromStable or both"
+            )));
+        }
+        let percent = |v: f64| (0.0..=100.0).contains(&v);
+        real(
+            "successRate.minPercent",
+            sr.min_percent,
+            &percent,
+            "a percentage between 0 and 100",
+        )?;
+        real(
+            "successRate.maxDropFromStable",
+            sr.max_drop_from_stable,
+            &percent,
+            "percentage points between 0 and 100",
+        )?;
+    }
+    if let Some(l) = &a.latency {
+        if l.max_ms.is_none() && l.max_ratio_to_stable.is_none() {
+            return Err(Invalid::spec(format!(
+                "{at}.latency: set maxMs, maxRatioToStable or both"
+            )));
+        }
+        real(
+            "latency.percentile",
+            l.percentile,
+            &|v| v > 0.0 && v < 100.0,
+            "above 0 and below 100 (e.g. 99 or 99.9)",
+        )?;
+        real(
+            "latency.maxMs",
+            l.max_ms,
+            &|v| v > 0.0,
+            "a positive number of milliseconds",
+        )?;
+        real(
+            "latency.maxRatioToStable",
+            l.max_ratio_to_stable,
+            &|v| v > 0.0,
+            "a positive factor (e.g. 1.5)",
+        )?;
+    }
+    let mut seen: Vec<&str> = Vec::new();
+    for (i, check) in a.checks.iter().flatten().enumerate() {
+        let at = format!("{at}.checks[{i}]");
+        if !is_check_name(&check.name) {
+            return Err(Invalid::spec(format!(
+                "{at}.name {:?} must be 1-63 lowercase letters, digits and '-', starting and                  ending with a letter or digit",
+                check.name
+            )));
+        }
+        if seen.contains(&check.name.as_str()) {
+            return Err(Invalid::spec(format!(
+                "{at}.name {:?} is used twice; check names must be unique",
+                check.name
+            )));
+        }
+        seen.push(&check.name);
+        if check.query.trim().is_empty() {
+            return Err(Invalid::spec(format!(
+                "{at}.query is empty: give a PromQL query returning one value"
+            )));
+        }
+        analysis::placeholders_in(&check.query)
+            .map_err(|e| Invalid::spec(format!("{at}.query: {e}")))?;
+        for (field, value) in [("min", check.min), ("max", check.max)] {
+            if value.is_some_and(|v| !v.is_finite()) {
+                return Err(Invalid::spec(format!(
+                    "{at}.{field} must be a finite number"
+                )));
+            }
+        }
+        match (check.min, check.max) {
+            (None, None) => {
+                return Err(Invalid::spec(format!(
+                    "{at}: set min, max or both (the bounds the query's value must stay within)"
+                )))
+            }
+            (Some(min), Some(max)) if min > max => {
+                return Err(Invalid::spec(format!(
+                    "{at}: min ({min}) is greater than max ({max})"
+                )))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn is_check_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    let edge_ok = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes.iter().all(|&b| edge_ok(b) || b == b'-')
+        && edge_ok(bytes[0])
+        && edge_ok(bytes[bytes.len() - 1])
+}
+
+/// The step's own `analysis` fields over the Rollout's.
+fn merge_analysis(base: &crd::Analysis, step: &crd::Analysis) -> crd::Analysis {
+    crd::Analysis {
+        enabled: step.enabled.or(base.enabled),
+        interval_seconds: step.interval_seconds.or(base.interval_seconds),
+        window_seconds: step.window_seconds.or(base.window_seconds),
+        min_requests: step.min_requests.or(base.min_requests),
+        failure_limit: step.failure_limit.or(base.failure_limit),
+        no_data: step.no_data.clone().or_else(|| base.no_data.clone()),
+        success_rate: step
+            .success_rate
+            .clone()
+            .or_else(|| base.success_rate.clone()),
+        latency: step.latency.clone().or_else(|| base.latency.clone()),
+        checks: step.checks.clone().or_else(|| base.checks.clone()),
+    }
+}
+
+/// A step's analysis: the Rollout's with the step's overrides, defaults applied. `routed`:
+/// whether the step has a plugin rule (the built-in checks read its metrics).
+fn step_analysis(
+    at: &str,
+    base: Option<&crd::Analysis>,
+    step: Option<&crd::Analysis>,
+    routed: bool,
+) -> Result<Option<Analysis>, Invalid> {
+    if let Some(own) = step {
+        check_analysis_fields(&format!("{at}.analysis"), own)?;
+    }
+    let (spec, where_) = match (base, step) {
+        (None, None) => return Ok(None),
+        (Some(b), None) => (b.clone(), ANALYSIS_AT.to_owned()),
+        (None, Some(s)) => (s.clone(), format!("{at}.analysis")),
+        (Some(b), Some(s)) => (merge_analysis(b, s), format!("{at}.analysis")),
+    };
+    if spec.enabled == Some(false) {
+        return Ok(None);
+    }
+    let mut checks = Vec::new();
+    if let Some(sr) = &spec.success_rate {
+        if let Some(min_percent) = sr.min_percent {
+            checks.push(Check {
+                name: analysis::success_rate_name(),
+                kind: CheckKind::SuccessRate { min_percent },
+            });
+        }
+        if let Some(max_drop) = sr.max_drop_from_stable {
+            checks.push(Check {
+                name: analysis::success_rate_vs_stable_name(),
+                kind: CheckKind::SuccessRateVsStable { max_drop },
+            });
+        }
+    }
+    if let Some(l) = &spec.latency {
+        let percentile = l.percentile.unwrap_or(analysis::DEFAULT_PERCENTILE);
+        if let Some(max_ms) = l.max_ms {
+            checks.push(Check {
+                name: analysis::latency_name(percentile),
+                kind: CheckKind::Latency { percentile, max_ms },
+            });
+        }
+        if let Some(max_ratio) = l.max_ratio_to_stable {
+            checks.push(Check {
+                name: analysis::latency_vs_stable_name(percentile),
+                kind: CheckKind::LatencyVsStable {
+                    percentile,
+                    max_ratio,
+                },
+            });
+        }
+    }
+    let builtin = checks.len();
+    for custom in spec.checks.iter().flatten() {
+        if checks.iter().any(|c| c.name == custom.name) {
+            return Err(Invalid::spec(format!(
+                "{where_}.checks: the name {:?} is a built-in check's; choose another",
+                custom.name
+            )));
+        }
+        checks.push(Check {
+            name: custom.name.clone(),
+            kind: CheckKind::Query {
+                template: custom.query.clone(),
+                min: custom.min,
+                max: custom.max,
+            },
+        });
+    }
+    if checks.is_empty() {
+        return Err(Invalid::spec(format!(
+            "{where_} has no checks: set successRate, latency or checks (or enabled: false to              turn analysis off)"
+        )));
+    }
+    if builtin > 0 && !routed {
+        return Err(Invalid::spec(format!(
+            "{at}: successRate and latency read the plugin's metrics, which a step without              weight or matches does not produce; give the step a weight, use custom checks, or              set analysis.enabled: false for it"
+        )));
+    }
+    let interval_seconds = spec
+        .interval_seconds
+        .map_or(analysis::DEFAULT_INTERVAL_SECONDS, i64::from);
+    let failure_limit = spec
+        .failure_limit
+        .and_then(|f| u32::try_from(f).ok())
+        .unwrap_or(analysis::DEFAULT_FAILURE_LIMIT);
+    let no_data = match &spec.no_data {
+        Some(n) if n.action == NoDataAction::Fail => NoDataPolicy::FailAfter {
+            seconds: n
+                .timeout_seconds
+                .map_or(i64::from(failure_limit) * interval_seconds, i64::from),
+        },
+        _ => NoDataPolicy::Wait,
+    };
+    Ok(Some(Analysis {
+        interval_seconds,
+        window_seconds: spec
+            .window_seconds
+            .map_or(analysis::DEFAULT_WINDOW_SECONDS, i64::from),
+        min_requests: spec
+            .min_requests
+            .and_then(|m| u64::try_from(m).ok())
+            .unwrap_or(analysis::DEFAULT_MIN_REQUESTS),
+        failure_limit,
+        no_data,
+        checks,
+    }))
 }
 
 fn build_rule(step: &CanaryStep, base: &RuleBase<'_>) -> RuleConfig {

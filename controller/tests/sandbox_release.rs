@@ -11,151 +11,21 @@ mod common;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _, Result};
-use common::{phase, run_test, scenario, Harness, Traffic, NS};
-use higress_canary::{
-    crd::{Rollout, StepState},
-    keys::{ABORT_ANNOTATION, POD_TEMPLATE_HASH},
-    observe::wasm_plugin_api,
+use common::{
+    controller_writes, event_reasons, expect_cleaned_up, expect_order, phase, run_test, scenario,
+    stable_pin, step_state, Harness, Traffic, NS,
 };
-use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, ListParams};
+use higress_canary::{crd::StepState, keys::ABORT_ANNOTATION, observe::wasm_plugin_api};
+use kube::api::ListParams;
 
 const CANARY: &str = "rollouts-demo";
 const AB: &str = "rollouts-header";
-
-fn stable_pin(service: &k8s_openapi::api::core::v1::Service) -> Option<String> {
-    service
-        .spec
-        .as_ref()
-        .and_then(|s| s.selector.as_ref())
-        .and_then(|s| s.get(POD_TEMPLATE_HASH).cloned())
-}
-
-/// Event reasons published on a Rollout, in order.
-async fn event_reasons(h: &Harness, rollout: &str) -> Result<Vec<(String, String)>> {
-    let events: Api<Event> = Api::namespaced(h.client.clone(), NS);
-    let mut list: Vec<Event> = events
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter(|e| {
-            e.regarding.as_ref().is_some_and(|r| {
-                r.kind.as_deref() == Some("Rollout") && r.name.as_deref() == Some(rollout)
-            })
-        })
-        .collect();
-    list.sort_by_key(|e| e.event_time.clone().map(|t| t.0));
-    Ok(list
-        .into_iter()
-        .map(|e| (e.type_.unwrap_or_default(), e.reason.unwrap_or_default()))
-        .collect())
-}
-
-/// After a release: the canary objects are gone, the stable Service is unpinned, the
-/// Deployment is paused again and the shared WasmPlugin has no rule left.
-async fn expect_cleaned_up(h: &Harness) -> Result<()> {
-    ensure!(
-        h.deployments().get_opt("demo-canary").await?.is_none(),
-        "canary Deployment left"
-    );
-    ensure!(
-        h.services().get_opt("demo-canary").await?.is_none(),
-        "canary Service left"
-    );
-    ensure!(
-        h.ingresses().get_opt("demo-canary").await?.is_none(),
-        "canary Ingress left"
-    );
-    let svc = h.services().get("demo").await?;
-    ensure!(
-        stable_pin(&svc).is_none(),
-        "Service demo still pinned: {:?}",
-        stable_pin(&svc)
-    );
-    let d = h.deployments().get("demo").await?;
-    ensure!(
-        d.spec.paused == Some(true),
-        "Deployment demo is not paused again"
-    );
-    let plugin = wasm_plugin_api(&h.client, &h.settings.plugin)
-        .get(&h.settings.plugin.name)
-        .await?;
-    let rules = plugin.data["spec"]["matchRules"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    ensure!(rules.is_empty(), "rules left in the WasmPlugin: {rules:?}");
-    Ok(())
-}
-
-/// The controller's writes (every write it makes carries its field manager), as
-/// `verb resource/name[/subresource]`, with `+paused`/`-paused` on Deployment pause patches
-/// and `+pin`/`-pin` on stable Service pins.
-fn controller_writes(h: &Harness) -> Vec<String> {
-    h.cluster
-        .api
-        .requests()
-        .iter()
-        // Deletes carry no field manager; the tests delete nothing while this is used.
-        .filter(|r| {
-            r.verb == "delete"
-                || (r.method != "GET" && r.param("fieldManager") == Some("higress-canary"))
-        })
-        .map(|r| {
-            let name = r.name.as_deref().unwrap_or("");
-            let mut label = format!("{} {}/{name}", r.verb, r.resource);
-            if !r.subresource.is_empty() {
-                label.push('/');
-                label.push_str(&r.subresource);
-            }
-            match (r.resource.as_str(), name) {
-                ("deployments", "demo") if r.body.contains("\"paused\":true") => {
-                    label.push_str(" +paused")
-                }
-                ("deployments", "demo") if r.body.contains("\"paused\":false") => {
-                    label.push_str(" -paused")
-                }
-                ("services", "demo") if r.body.contains("\"pod-template-hash\":null") => {
-                    label.push_str(" -pin")
-                }
-                ("services", "demo") if r.body.contains("\"pod-template-hash\":\"") => {
-                    label.push_str(" +pin")
-                }
-                _ => {}
-            }
-            label
-        })
-        .collect()
-}
-
-/// Checks that `expected` occur in `writes` in this order (other writes may come between).
-fn expect_order(writes: &[String], expected: &[&str]) -> Result<()> {
-    let mut at = 0;
-    for want in expected {
-        match writes[at..].iter().position(|w| w == want) {
-            Some(i) => at += i + 1,
-            None => anyhow::bail!(
-                "expected {want:?} after position {at} in the controller's writes:\n{}",
-                writes.join("\n")
-            ),
-        }
-    }
-    Ok(())
-}
-
-fn step_state(r: &Rollout) -> Option<(i32, StepState)> {
-    r.canary_status()
-        .map(|c| (c.current_step_index, c.current_step_state))
-}
 
 #[test]
 fn seed_canary_release_10_then_30_percent_then_full_with_no_failed_request() -> Result<()> {
     run_test(|| async {
         let start = Instant::now();
-        let mut h = Harness::start().await?;
-        h.start_controller();
-        h.adopt(&scenario("rollout-canary.yaml"), CANARY).await?;
+        let mut h = Harness::with_rollout(&scenario("rollout-canary.yaml"), CANARY).await?;
         let traffic = Traffic::start(h.gateway(), 2);
 
         h.set_image("v2").await?;
@@ -293,12 +163,7 @@ fn seed_canary_release_10_then_30_percent_then_full_with_no_failed_request() -> 
 #[test]
 fn ab_release_sends_only_android_to_v2_and_the_cli_approves_it() -> Result<()> {
     run_test(|| async {
-        let mut h = Harness::start().await?;
-        h.start_controller();
-        h.adopt(&scenario("rollout-ab.yaml"), AB).await?;
-
-        h.set_image("v2").await?;
-        h.wait_paused_at(AB, 1).await?;
+        let (mut h, _) = Harness::released_to_step_1(&scenario("rollout-ab.yaml"), AB).await?;
         h.cluster.gateway.synced().await?;
         let android = h.sample(200, &[("user-agent", "android")]).await?;
         ensure!(
@@ -368,11 +233,8 @@ fn ab_release_sends_only_android_to_v2_and_the_cli_approves_it() -> Result<()> {
 #[test]
 fn abort_sends_all_traffic_to_stable_at_once_then_removes_the_canary() -> Result<()> {
     run_test(|| async {
-        let mut h = Harness::start().await?;
-        h.start_controller();
-        h.adopt(&scenario("rollout-canary.yaml"), CANARY).await?;
-        h.set_image("v2").await?;
-        h.wait_paused_at(CANARY, 1).await?;
+        let (mut h, _) =
+            Harness::released_to_step_1(&scenario("rollout-canary.yaml"), CANARY).await?;
         h.expect_share(2000, 0.10).await?;
 
         let traffic = Traffic::start(h.gateway(), 2);
@@ -454,11 +316,8 @@ fn abort_sends_all_traffic_to_stable_at_once_then_removes_the_canary() -> Result
 #[test]
 fn reverting_the_template_mid_release_rolls_back_to_stable() -> Result<()> {
     run_test(|| async {
-        let mut h = Harness::start().await?;
-        h.start_controller();
-        h.adopt(&scenario("rollout-canary.yaml"), CANARY).await?;
-        h.set_image("v2").await?;
-        h.wait_paused_at(CANARY, 1).await?;
+        let (mut h, _) =
+            Harness::released_to_step_1(&scenario("rollout-canary.yaml"), CANARY).await?;
         h.approve_like_kruise(CANARY).await?;
         h.wait_paused_at(CANARY, 2).await?;
         h.expect_share(2000, 0.30).await?;
@@ -516,9 +375,7 @@ fn reverting_the_template_mid_release_rolls_back_to_stable() -> Result<()> {
 #[test]
 fn pause_holds_the_release_where_it_is_and_resume_continues_it() -> Result<()> {
     run_test(|| async {
-        let mut h = Harness::start().await?;
-        h.start_controller();
-        h.adopt(&scenario("rollout-canary.yaml"), CANARY).await?;
+        let mut h = Harness::with_rollout(&scenario("rollout-canary.yaml"), CANARY).await?;
         let out = h.cli(&["pause", CANARY]).await?;
         ensure!(
             out.status.success(),
@@ -581,9 +438,7 @@ fn pause_holds_the_release_where_it_is_and_resume_continues_it() -> Result<()> {
 #[test]
 fn a_controller_killed_in_every_step_state_converges_after_restart() -> Result<()> {
     run_test(|| async {
-        let mut h = Harness::start().await?;
-        h.start_controller();
-        h.adopt(&scenario("rollout-canary.yaml"), CANARY).await?;
+        let mut h = Harness::with_rollout(&scenario("rollout-canary.yaml"), CANARY).await?;
         let traffic = Traffic::start(h.gateway(), 2);
         h.set_image("v2").await?;
 
@@ -654,11 +509,8 @@ fn a_controller_killed_in_every_step_state_converges_after_restart() -> Result<(
 fn a_newer_template_mid_release_restarts_at_step_1_without_serving_the_intermediate_one(
 ) -> Result<()> {
     run_test(|| async {
-        let mut h = Harness::start().await?;
-        h.start_controller();
-        h.adopt(&scenario("rollout-canary.yaml"), CANARY).await?;
-        h.set_image("v2").await?;
-        h.wait_paused_at(CANARY, 1).await?;
+        let (mut h, _) =
+            Harness::released_to_step_1(&scenario("rollout-canary.yaml"), CANARY).await?;
         let v2 = h.rollouts().get(CANARY).await?;
         let v2_revision = v2.canary_status().map(|c| c.canary_revision.clone());
 
@@ -721,11 +573,8 @@ fn a_newer_template_mid_release_restarts_at_step_1_without_serving_the_intermedi
 fn deleting_the_rollout_mid_release_routes_to_stable_cleans_up_and_releases_the_deployment(
 ) -> Result<()> {
     run_test(|| async {
-        let mut h = Harness::start().await?;
-        h.start_controller();
-        h.adopt(&scenario("rollout-canary.yaml"), CANARY).await?;
-        h.set_image("v2").await?;
-        let r = h.wait_paused_at(CANARY, 1).await?;
+        let (mut h, r) =
+            Harness::released_to_step_1(&scenario("rollout-canary.yaml"), CANARY).await?;
         ensure!(
             r.metadata
                 .finalizers
@@ -780,9 +629,7 @@ fn deleting_the_rollout_mid_release_routes_to_stable_cleans_up_and_releases_the_
 fn api_errors_conflicts_dropped_watches_and_relists_do_not_stop_a_release() -> Result<()> {
     use sandbox::api::{Fault, Matcher};
     run_test(|| async {
-        let mut h = Harness::start().await?;
-        h.start_controller();
-        h.adopt(&scenario("rollout-canary.yaml"), CANARY).await?;
+        let mut h = Harness::with_rollout(&scenario("rollout-canary.yaml"), CANARY).await?;
         h.set_image("v2").await?;
         let api = &h.cluster.api;
         api.inject(

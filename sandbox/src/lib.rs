@@ -7,7 +7,9 @@
 //! - [`sim`]: a workload simulator that plays kube-controller-manager and kubelet
 //!   (Deployments → ReplicaSets → Pods, where every ready Pod is a real HTTP server);
 //! - [`gateway`]: a bridge that watches the API like Higress does and drives a real Envoy
-//!   through file-based xDS, with WasmPlugins delivered by ECDS.
+//!   through file-based xDS, with WasmPlugins delivered by ECDS;
+//! - [`prometheus`]: a real Prometheus scraping the gateway's Envoy, for the controller's
+//!   metric analysis.
 //!
 //! The controller under test must never know it is not talking to a real cluster: everything
 //! it sees arrives over HTTP through `kube::Client`. Nothing here may depend on the
@@ -16,4 +18,5 @@
 pub mod api;
 pub mod cluster;
 pub mod gateway;
+pub mod prometheus;
 pub mod sim;

@@ -43,6 +43,8 @@ pub enum Error {
         reference: String,
         reason: &'static str,
     },
+    #[error("{} is not a valid OCI image layout: {reason}", .dir.display())]
+    InvalidLayout { dir: PathBuf, reason: String },
     #[error(
         "wasm-opt output differs from its input in {what}: before {before:?}, after {after:?}"
     )]

@@ -1,4 +1,6 @@
-//! The OCI image Higress pulls a plugin from, written as an OCI image layout directory.
+//! The OCI image Higress pulls a plugin from, written as an OCI image layout directory (the same
+//! writer packages the controller's image: `cargo xtask image`), and a checker that reads a
+//! layout back as a registry client would.
 //!
 //! Higress (through Istio's pilot-agent) takes the image's *last* layer; when that layer is an
 //! `application/vnd.oci.image.layer.v1.tar+gzip`, it extracts the entry named `plugin.wasm`. The
@@ -8,7 +10,7 @@
 
 use std::{
     fmt, fs,
-    io::Write as _,
+    io::{Read as _, Write as _},
     path::{Path, PathBuf},
     str::FromStr,
 };
@@ -49,30 +51,71 @@ impl Descriptor {
     }
 }
 
-/// The descriptors of the image written by [`write_layout`].
+/// The descriptors of an image written by [`write_layout`] or [`write_image_layout`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageDescriptors {
     /// The image manifest: its digest is the image digest a registry reports (and what
     /// WasmPlugin `sha256` / `url: oci://…@sha256:` are checked against).
     pub manifest: Descriptor,
     pub config: Descriptor,
-    /// The single (and so last) layer, a tar+gzip with `plugin.wasm` at its root.
+    /// The single (and so last) layer, a tar+gzip.
     pub layer: Descriptor,
 }
 
-/// Writes an OCI image layout for `module` into `dir` (replacing what was there) with one image
-/// tagged `tag` in `index.json`.
-pub fn write_layout(dir: &Path, module: &[u8], tag: &str) -> Result<ImageDescriptors> {
-    let tar = layer_tar(module).map_err(|e| Error::io(Path::new(PLUGIN_FILE), e))?;
-    let layer_blob = gzip(&tar).map_err(|e| Error::io(Path::new(PLUGIN_FILE), e))?;
-    let layer = Descriptor::of(LAYER_MEDIA_TYPE, &layer_blob);
+/// One entry of an image's layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LayerEntry<'a> {
+    /// A directory (`etc/`), so runtimes do not invent its mode.
+    Dir { path: &'a str, mode: u32 },
+    /// A regular file.
+    File {
+        path: &'a str,
+        mode: u32,
+        bytes: &'a [u8],
+    },
+}
 
+/// A single-layer image: what its config says and what its layer holds.
+#[derive(Debug, Clone)]
+pub struct Image<'a> {
+    /// GOARCH-style architecture (`amd64`, `wasm`).
+    pub architecture: &'a str,
+    /// GOOS-style operating system (`linux`, `wasip1`).
+    pub os: &'a str,
+    /// The config's `config` object: `User`, `Entrypoint`, `Cmd`, `Env`, `ExposedPorts`, `Labels`.
+    pub runtime: Value,
+    pub layer: Vec<LayerEntry<'a>>,
+}
+
+/// Writes an OCI image layout for the plugin `module` into `dir` (replacing what was there) with
+/// one image tagged `tag` in `index.json`.
+pub fn write_layout(dir: &Path, module: &[u8], tag: &str) -> Result<ImageDescriptors> {
     // `wasm`/`wasip1` are the GOARCH/GOOS pair for this target, which is what the image spec asks
     // for. Pilot-agent does not check the platform of a single-manifest image.
+    let image = Image {
+        architecture: "wasm",
+        os: "wasip1",
+        runtime: json!({}),
+        layer: vec![LayerEntry::File {
+            path: PLUGIN_FILE,
+            mode: 0o644,
+            bytes: module,
+        }],
+    };
+    write_image_layout(dir, &image, tag)
+}
+
+/// Writes an OCI image layout for `image` into `dir` (replacing what was there) with one image
+/// tagged `tag` in `index.json`. Every byte is a function of `image` and `tag`.
+pub fn write_image_layout(dir: &Path, image: &Image<'_>, tag: &str) -> Result<ImageDescriptors> {
+    let tar = layer_tar(&image.layer).map_err(|e| Error::io(dir, e))?;
+    let layer_blob = gzip(&tar).map_err(|e| Error::io(dir, e))?;
+    let layer = Descriptor::of(LAYER_MEDIA_TYPE, &layer_blob);
+
     let config_blob = to_bytes(&json!({
-        "architecture": "wasm",
-        "os": "wasip1",
-        "config": {},
+        "architecture": image.architecture,
+        "os": image.os,
+        "config": image.runtime,
         "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", sha256_hex(&tar))]},
     }));
     let config = Descriptor::of(CONFIG_MEDIA_TYPE, &config_blob);
@@ -122,22 +165,28 @@ pub fn blob_path(dir: &Path, digest: &str) -> PathBuf {
     dir.join("blobs").join("sha256").join(hex)
 }
 
-/// An uncompressed tar holding only `plugin.wasm`, with every header field that could vary
-/// between machines or runs fixed.
-pub fn layer_tar(module: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut header = tar::Header::new_ustar();
-    header.set_path(PLUGIN_FILE)?;
-    header.set_entry_type(tar::EntryType::Regular);
-    header.set_size(module.len() as u64);
-    header.set_mode(0o644);
-    header.set_uid(0);
-    header.set_gid(0);
-    header.set_mtime(0);
-    header.set_username("")?;
-    header.set_groupname("")?;
-    header.set_cksum();
+/// An uncompressed tar of `entries`, with every header field that could vary between machines
+/// or runs fixed (owner root, mtime 0, no user or group names).
+pub fn layer_tar(entries: &[LayerEntry<'_>]) -> std::io::Result<Vec<u8>> {
     let mut builder = tar::Builder::new(Vec::new());
-    builder.append(&header, module)?;
+    for entry in entries {
+        let mut header = tar::Header::new_ustar();
+        let (path, mode, bytes, kind) = match *entry {
+            LayerEntry::Dir { path, mode } => (path, mode, &[][..], tar::EntryType::Directory),
+            LayerEntry::File { path, mode, bytes } => (path, mode, bytes, tar::EntryType::Regular),
+        };
+        header.set_path(path)?;
+        header.set_entry_type(kind);
+        header.set_size(bytes.len() as u64);
+        header.set_mode(mode);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        header.set_username("")?;
+        header.set_groupname("")?;
+        header.set_cksum();
+        builder.append(&header, bytes)?;
+    }
     builder.into_inner()
 }
 
@@ -149,6 +198,157 @@ fn gzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
         .write(Vec::new(), Compression::best());
     encoder.write_all(data)?;
     encoder.finish()
+}
+
+/// A file or directory read back from a layer by [`read_layout`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerFile {
+    pub path: String,
+    pub directory: bool,
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    pub bytes: Vec<u8>,
+}
+
+/// An image read back from a layout by [`read_layout`], every digest and size checked.
+#[derive(Debug, Clone)]
+pub struct LayoutImage {
+    /// The `org.opencontainers.image.ref.name` of the index entry.
+    pub tag: String,
+    pub manifest: Descriptor,
+    /// The parsed image config.
+    pub config: Value,
+    /// The entries of the last layer, in order.
+    pub last_layer: Vec<LayerFile>,
+}
+
+/// Reads the single-image OCI layout at `dir` the way a registry client would, and checks it:
+/// `oci-layout`, the index, the manifest and config media types, every blob's digest and size,
+/// the layers' media types, and that `rootfs.diff_ids` are the uncompressed layers' digests.
+pub fn read_layout(dir: &Path) -> Result<LayoutImage> {
+    let invalid = |reason: String| Error::InvalidLayout {
+        dir: dir.to_path_buf(),
+        reason,
+    };
+    let read = |path: &Path| fs::read(path).map_err(|e| Error::io(path, e));
+    let parse = |what: &str, bytes: &[u8]| -> Result<Value> {
+        serde_json::from_slice(bytes).map_err(|e| invalid(format!("{what} is not JSON: {e}")))
+    };
+    let blob = |what: &str,
+                descriptor: &Value,
+                media_type: &'static str|
+     -> Result<(Descriptor, Vec<u8>)> {
+        let found = descriptor["mediaType"].as_str().unwrap_or_default();
+        if found != media_type {
+            return Err(invalid(format!(
+                "{what} has media type {found:?}, expected {media_type:?}"
+            )));
+        }
+        let digest = descriptor["digest"].as_str().unwrap_or_default();
+        let bytes = read(&blob_path(dir, digest))?;
+        let actual = format!("sha256:{}", sha256_hex(&bytes));
+        if actual != digest {
+            return Err(invalid(format!("{what} blob {digest} has digest {actual}")));
+        }
+        if descriptor["size"].as_u64() != Some(bytes.len() as u64) {
+            return Err(invalid(format!(
+                "{what} descriptor says size {}, the blob has {} bytes",
+                descriptor["size"],
+                bytes.len()
+            )));
+        }
+        let descriptor = Descriptor {
+            media_type,
+            digest: digest.to_owned(),
+            size: bytes.len() as u64,
+        };
+        Ok((descriptor, bytes))
+    };
+
+    let layout = parse("oci-layout", &read(&dir.join("oci-layout"))?)?;
+    if layout["imageLayoutVersion"] != LAYOUT_VERSION {
+        return Err(invalid(format!("oci-layout is {layout}")));
+    }
+    let index = parse("index.json", &read(&dir.join("index.json"))?)?;
+    if index["schemaVersion"] != 2 || index["mediaType"] != INDEX_MEDIA_TYPE {
+        return Err(invalid("index.json is not an OCI image index".to_owned()));
+    }
+    let [entry] = index["manifests"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    else {
+        return Err(invalid(
+            "index.json must list exactly one manifest".to_owned(),
+        ));
+    };
+    let tag = entry["annotations"][REF_NAME_ANNOTATION]
+        .as_str()
+        .ok_or_else(|| invalid(format!("the index entry has no {REF_NAME_ANNOTATION}")))?
+        .to_owned();
+    let (manifest, manifest_bytes) = blob("manifest", entry, MANIFEST_MEDIA_TYPE)?;
+    let manifest_json = parse("the manifest", &manifest_bytes)?;
+    if manifest_json["schemaVersion"] != 2 || manifest_json["mediaType"] != MANIFEST_MEDIA_TYPE {
+        return Err(invalid(
+            "the manifest is not an OCI image manifest".to_owned(),
+        ));
+    }
+    let (_, config_bytes) = blob("config", &manifest_json["config"], CONFIG_MEDIA_TYPE)?;
+    let config = parse("the config", &config_bytes)?;
+    if !config["architecture"].is_string() || !config["os"].is_string() {
+        return Err(invalid("the config names no architecture or os".to_owned()));
+    }
+    let layers = manifest_json["layers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if layers.is_empty() {
+        return Err(invalid("the manifest has no layers".to_owned()));
+    }
+    let mut diff_ids = Vec::new();
+    let mut last_layer = Vec::new();
+    for (n, layer) in layers.iter().enumerate() {
+        let (_, gz) = blob(&format!("layer {n}"), layer, LAYER_MEDIA_TYPE)?;
+        let mut tar = Vec::new();
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_end(&mut tar)
+            .map_err(|e| invalid(format!("layer {n} is not gzip: {e}")))?;
+        diff_ids.push(Value::String(format!("sha256:{}", sha256_hex(&tar))));
+        last_layer = read_tar(&tar).map_err(|e| invalid(format!("layer {n} is not a tar: {e}")))?;
+    }
+    if config["rootfs"]["type"] != "layers"
+        || config["rootfs"]["diff_ids"] != Value::Array(diff_ids)
+    {
+        return Err(invalid(
+            "the config's rootfs.diff_ids are not the uncompressed layers' digests".to_owned(),
+        ));
+    }
+    Ok(LayoutImage {
+        tag,
+        manifest,
+        config,
+        last_layer,
+    })
+}
+
+fn read_tar(tar: &[u8]) -> std::io::Result<Vec<LayerFile>> {
+    let mut files = Vec::new();
+    for entry in tar::Archive::new(tar).entries()? {
+        let mut entry = entry?;
+        let header = entry.header().clone();
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes)?;
+        files.push(LayerFile {
+            path: entry.path()?.to_string_lossy().into_owned(),
+            directory: header.entry_type() == tar::EntryType::Directory,
+            mode: header.mode()?,
+            uid: header.uid()?,
+            gid: header.gid()?,
+            bytes,
+        });
+    }
+    Ok(files)
 }
 
 fn to_bytes(value: &Value) -> Vec<u8> {

@@ -159,6 +159,138 @@ fn the_oci_layout_is_self_consistent_and_the_last_layer_holds_exactly_plugin_was
 }
 
 #[test]
+fn read_layout_accepts_the_plugin_image_and_returns_its_one_file() {
+    let dir = TempDir::new("read");
+    let m = module(&[], &["a"]);
+    let artifacts = package(&dir, "dist", &m);
+    let image = read_layout(&artifacts.oci_dir).unwrap();
+    assert_eq!(image.tag, "0.1.0");
+    assert_eq!(image.manifest, artifacts.image_digests.manifest);
+    assert_eq!(
+        (
+            image.config["architecture"].as_str(),
+            image.config["os"].as_str()
+        ),
+        (Some("wasm"), Some("wasip1"))
+    );
+    let [file] = image.last_layer.as_slice() else {
+        panic!("one file expected: {:?}", image.last_layer);
+    };
+    assert_eq!(
+        (file.path.as_str(), file.mode, file.directory),
+        (PLUGIN_FILE, 0o644, false)
+    );
+    assert_eq!(file.bytes, m);
+}
+
+#[test]
+fn an_image_with_directories_files_and_a_runtime_config_reads_back_as_written() {
+    let dir = TempDir::new("image");
+    let image = Image {
+        architecture: "amd64",
+        os: "linux",
+        runtime: serde_json::json!({"User": "65532:65532", "Entrypoint": ["/bin/x"]}),
+        layer: vec![
+            LayerEntry::Dir {
+                path: "bin/",
+                mode: 0o755,
+            },
+            LayerEntry::File {
+                path: "bin/x",
+                mode: 0o755,
+                bytes: b"\x7fELF",
+            },
+            LayerEntry::File {
+                path: "etc/passwd",
+                mode: 0o644,
+                bytes: b"nonroot:x:65532:65532::/:/sbin/nologin\n",
+            },
+        ],
+    };
+    let layout = dir.path().join("layout");
+    let written = write_image_layout(&layout, &image, "v1").unwrap();
+    let read = read_layout(&layout).unwrap();
+    assert_eq!(read.manifest, written.manifest);
+    assert_eq!(read.config["config"]["User"], "65532:65532");
+    assert_eq!(read.config["architecture"], "amd64");
+    let summary: Vec<_> = read
+        .last_layer
+        .iter()
+        .map(|f| (f.path.as_str(), f.directory, f.mode, f.uid))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("bin/", true, 0o755, 0),
+            ("bin/x", false, 0o755, 0),
+            ("etc/passwd", false, 0o644, 0)
+        ]
+    );
+    // Same input, same bytes.
+    let again = write_image_layout(&dir.path().join("again"), &image, "v1").unwrap();
+    assert_eq!(again, written);
+}
+
+#[test]
+fn read_layout_rejects_a_changed_blob_a_wrong_media_type_and_a_wrong_diff_id() {
+    let dir = TempDir::new("corrupt");
+    let artifacts = package(&dir, "dist", &module(&[], &["a"]));
+    let layout = &artifacts.oci_dir;
+    let digests = &artifacts.image_digests;
+
+    // A flipped byte in the layer blob.
+    let layer_path = blob_path(layout, &digests.layer.digest);
+    let original = fs::read(&layer_path).unwrap();
+    let mut flipped = original.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 0xff;
+    fs::write(&layer_path, &flipped).unwrap();
+    let err = read_layout(layout).unwrap_err().to_string();
+    assert!(
+        err.contains("layer 0 blob") && err.contains("has digest"),
+        "{err}"
+    );
+    fs::write(&layer_path, &original).unwrap();
+    read_layout(layout).unwrap();
+
+    // The index pointing at the manifest with another media type.
+    let index_path = layout.join("index.json");
+    let index = fs::read_to_string(&index_path).unwrap();
+    fs::write(
+        &index_path,
+        index.replace(
+            MANIFEST_MEDIA_TYPE,
+            "application/vnd.docker.distribution.manifest.v2+json",
+        ),
+    )
+    .unwrap();
+    let err = read_layout(layout).unwrap_err().to_string();
+    assert!(err.contains("manifest has media type"), "{err}");
+    fs::write(&index_path, &index).unwrap();
+
+    // A config whose diff_ids do not match (rewritten consistently up to the manifest).
+    let config_path = blob_path(layout, &digests.config.digest);
+    let mut config: Value = serde_json::from_slice(&fs::read(&config_path).unwrap()).unwrap();
+    config["rootfs"]["diff_ids"] = serde_json::json!(["sha256:00"]);
+    let config_bytes = serde_json::to_vec(&config).unwrap();
+    let config_digest = format!("sha256:{}", sha256_hex(&config_bytes));
+    fs::write(blob_path(layout, &config_digest), &config_bytes).unwrap();
+    let manifest_path = blob_path(layout, &digests.manifest.digest);
+    let mut manifest: Value = serde_json::from_slice(&fs::read(&manifest_path).unwrap()).unwrap();
+    manifest["config"]["digest"] = config_digest.into();
+    manifest["config"]["size"] = config_bytes.len().into();
+    let manifest_bytes = serde_json::to_vec(&manifest).unwrap();
+    let manifest_digest = format!("sha256:{}", sha256_hex(&manifest_bytes));
+    fs::write(blob_path(layout, &manifest_digest), &manifest_bytes).unwrap();
+    let mut index_json: Value = serde_json::from_str(&index).unwrap();
+    index_json["manifests"][0]["digest"] = manifest_digest.into();
+    index_json["manifests"][0]["size"] = manifest_bytes.len().into();
+    fs::write(&index_path, serde_json::to_vec(&index_json).unwrap()).unwrap();
+    let err = read_layout(layout).unwrap_err().to_string();
+    assert!(err.contains("diff_ids"), "{err}");
+}
+
+#[test]
 fn packaging_the_same_module_twice_gives_identical_bytes_and_digests() {
     let dir = TempDir::new("repro");
     let m = module(&["sign-ext", "mutable-globals"], &["a", "b"]);

@@ -27,7 +27,8 @@ pub struct AptPackage {
     pub binary: &'static str,
 }
 
-/// `wasm-opt` packages the plugin, `wrk` drives the benchmarks, `node` runs the core's tests.
+/// `wasm-opt` packages the plugin, `wrk` drives the benchmarks, `node` runs the core's tests,
+/// `prometheus` serves the controller's analysis tests.
 pub const APT_PACKAGES: &[AptPackage] = &[
     AptPackage {
         package: "binaryen",
@@ -40,6 +41,10 @@ pub const APT_PACKAGES: &[AptPackage] = &[
     AptPackage {
         package: "nodejs",
         binary: "node",
+    },
+    AptPackage {
+        package: "prometheus",
+        binary: "prometheus",
     },
 ];
 

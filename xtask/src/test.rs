@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 
 use crate::{
     cmd::{self, cargo, describe},
-    setup, wasm,
+    image, setup, wasm,
 };
 
 /// Runs every step in order.
@@ -54,6 +54,19 @@ pub fn run(root: &Path) -> Result<()> {
         let wasm = wasm_build::build_wasm(root, "noop-filter")?;
         println!("{}", wasm.display());
         Ok(wasm)
+    })?;
+
+    // The controller image's packaging, from a cheaply optimised static build; the plugin's
+    // layout (just written) is checked with it.
+    steps.step("images", || {
+        image::run(
+            root,
+            &image::Args {
+                tag: None,
+                out_dir: Some(wasm_build::target_dir(root).join("image-check/controller-oci")),
+                profile: "image-check".to_owned(),
+            },
+        )
     })?;
 
     // The two cdylib filters only make sense for wasm; natively they would not even link.

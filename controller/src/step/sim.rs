@@ -20,6 +20,7 @@ use serde::Deserialize;
 
 use super::{plan, Change, Event, Plan};
 use crate::{
+    analysis::{pending_queries, Answer, Measurement},
     crd::{Rollout, StepState},
     keys::{POD_TEMPLATE_HASH, ROLLOUT_FINALIZER},
     observed::{CanaryWorkload, Observed, StableReplicaSet, Workload},
@@ -79,6 +80,60 @@ pub struct World {
     pub pods_become_ready: bool,
     /// At most this many canary pods become available.
     pub canary_max_ready: Option<i32>,
+    /// What the analysis' queries get.
+    pub prometheus: FakePrometheus,
+}
+
+/// A stand-in for Prometheus: answers by query id ([`crate::analysis::Query::id`]); an id it
+/// has no answer for gets an empty result (no data).
+#[derive(Debug, Clone, Default)]
+pub struct FakePrometheus {
+    pub answers: BTreeMap<String, Answer>,
+    /// Every query fails, as with Prometheus unreachable.
+    pub down: bool,
+}
+
+impl FakePrometheus {
+    pub fn set(&mut self, id: &str, value: f64) {
+        self.answers
+            .insert(id.to_owned(), Answer::Values(vec![value]));
+    }
+
+    /// A canary as good as stable: 1000 responses, 99.9% success, p99 20 ms (stable 18 ms).
+    pub fn healthy() -> Self {
+        let mut p = Self::default();
+        p.set("requests", 1000.0);
+        p.set("success-rate:canary", 0.999);
+        p.set("success-rate:stable", 0.999);
+        p.set("latency-p99:canary", 20.0);
+        p.set("latency-p99:stable", 18.0);
+        p
+    }
+
+    /// What the reconcile loop would measure for `rollout` at `now`.
+    pub fn measure(&self, rollout: &Rollout, now: Timestamp) -> Option<Measurement> {
+        let plan = pending_queries(rollout, now)?;
+        let answers = plan
+            .queries
+            .iter()
+            .map(|q| {
+                let answer = if self.down {
+                    Answer::Error("Prometheus at http://prometheus:9090: connection refused".into())
+                } else {
+                    self.answers
+                        .get(&q.id)
+                        .cloned()
+                        .unwrap_or(Answer::Values(Vec::new()))
+                };
+                (q.id.clone(), answer)
+            })
+            .collect();
+        Some(Measurement {
+            step_index: plan.step_index,
+            canary_revision: plan.canary_revision,
+            answers,
+        })
+    }
 }
 
 /// A Rollout, its world and a clock.
@@ -131,6 +186,7 @@ impl World {
             conflicts: Vec::new(),
             pods_become_ready: true,
             canary_max_ready: None,
+            prometheus: FakePrometheus::default(),
         };
         for doc in serde_yaml::Deserializer::from_str(DEMO_APP) {
             let value = serde_yaml::Value::deserialize(doc).expect("fixture YAML");
@@ -426,6 +482,7 @@ impl World {
             canary_ingress: self.canary_ingress.clone(),
             plugin: self.plugin.clone(),
             conflicts: self.conflicts.clone(),
+            measurement: None,
         }
     }
 
@@ -530,9 +587,12 @@ impl Sim {
         )
     }
 
-    /// Plans once without applying anything.
+    /// Plans once without applying anything (with Prometheus's answers if an analysis run is
+    /// due, as the reconcile loop does).
     pub fn plan(&self) -> Plan {
-        plan(&self.rollout, &self.world.observe(), self.now)
+        let mut observed = self.world.observe();
+        observed.measurement = self.world.prometheus.measure(&self.rollout, self.now);
+        plan(&self.rollout, &observed, self.now)
     }
 
     /// One reconcile, in the order [`Plan::changes`] prescribes: the object changes, then the

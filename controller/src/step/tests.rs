@@ -842,6 +842,37 @@ fn disabling_mid_release_cleans_up_and_releases_the_deployment() {
     assert!(sim.world.paused());
 }
 
+/// `kubectl rollout pause deployment/demo`, by hand.
+fn pause_by_hand(sim: &mut Sim) {
+    sim.world.deployment.as_mut().expect("demo").spec.paused = Some(true);
+}
+
+#[test]
+fn a_rollout_created_disabled_leaves_a_deployment_paused_by_hand_alone() {
+    let mut sim = Sim::canary();
+    pause_by_hand(&mut sim);
+    sim.rollout.spec.disabled = true;
+    let plans = sim.run();
+    assert!(plans.iter().all(touches_nothing), "{plans:?}");
+    assert_eq!(phase(&sim), Some(RolloutPhase::Disabled));
+    assert!(sim.world.paused(), "the disabled Rollout unpaused demo");
+    assert!(sim.event_reasons().contains(&reasons::ROLLOUT_DISABLED));
+}
+
+#[test]
+fn deleting_a_rollout_that_never_took_control_leaves_the_deployment_alone() {
+    let mut sim = Sim::canary();
+    pause_by_hand(&mut sim);
+    canary_spec(&mut sim).steps[0].weight = Some(130);
+    sim.run();
+    assert_eq!(phase(&sim), Some(RolloutPhase::Initial));
+    sim.delete();
+    let plan = sim.reconcile();
+    assert_eq!(plan.changes, [Change::RemoveFinalizer]);
+    assert!(sim.gone);
+    assert!(sim.world.paused(), "deleting the Rollout unpaused demo");
+}
+
 // === restart safety ===
 
 /// Releases the canary scenario to the end, approving every pause; the controller dies in
@@ -1268,6 +1299,7 @@ fn canary_pods_per_step_round_percentages_up_and_never_exceed_the_deployment() {
             replicas: replicas.clone(),
             rule: None,
             pause_seconds: None,
+            analysis: None,
         };
         assert_eq!(step.canary_replicas(total), want, "{replicas:?} of {total}");
     }

@@ -16,13 +16,17 @@ use std::{
 use anyhow::{bail, ensure, Context as _, Result};
 use higress_canary::{
     crd::{Rollout, StepState},
+    keys::POD_TEMPLATE_HASH,
     metrics::Metrics,
+    observe::wasm_plugin_api,
     render::PluginRef,
     Settings,
 };
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service, networking::v1::Ingress};
+use k8s_openapi::api::{
+    apps::v1::Deployment, core::v1::Service, events::v1::Event, networking::v1::Ingress,
+};
 use kube::{
-    api::{Api, Patch, PatchParams, PostParams},
+    api::{Api, ListParams, Patch, PatchParams, PostParams},
     Client,
 };
 use sandbox::{
@@ -144,6 +148,24 @@ impl Harness {
         Ok(harness)
     }
 
+    /// A sandbox with the seed app, the controller running and `rollout_yaml` (a Rollout
+    /// named `name`) in control of `demo`.
+    pub async fn with_rollout(rollout_yaml: &str, name: &str) -> Result<Self> {
+        let mut harness = Self::start().await?;
+        harness.start_controller();
+        harness.adopt(rollout_yaml, name).await?;
+        Ok(harness)
+    }
+
+    /// [`Harness::with_rollout`], then `demo` gets image `v2` and the release waits for
+    /// approval at step 1. Returns the Rollout as it is then.
+    pub async fn released_to_step_1(rollout_yaml: &str, name: &str) -> Result<(Self, Rollout)> {
+        let harness = Self::with_rollout(rollout_yaml, name).await?;
+        harness.set_image("v2").await?;
+        let rollout = harness.wait_paused_at(name, 1).await?;
+        Ok((harness, rollout))
+    }
+
     /// Starts the controller loop in-process (as `higress-canary run` would).
     pub fn start_controller(&mut self) {
         assert!(
@@ -245,14 +267,7 @@ impl Harness {
     /// Creates a seed Rollout and waits until the controller took control of `demo`
     /// (paused, phase Healthy).
     pub async fn adopt(&self, rollout_yaml: &str, name: &str) -> Result<()> {
-        let start = Instant::now();
-        while !self.metrics.is_ready() {
-            ensure!(
-                start.elapsed() < Duration::from_secs(10),
-                "the controller never reported ready"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.wait_ready().await?;
         self.create_yaml(rollout_yaml).await?;
         self.wait_rollout(name, "phase Healthy", |r| phase(r) == "Healthy")
             .await?;
@@ -261,6 +276,20 @@ impl Harness {
             d.spec.paused == Some(true),
             "demo is not paused after adoption"
         );
+        Ok(())
+    }
+
+    /// Waits until the controller's Rollout cache is synced (what `/readyz` reports), so a
+    /// Rollout created now is seen.
+    pub async fn wait_ready(&self) -> Result<()> {
+        let start = Instant::now();
+        while !self.metrics.is_ready() {
+            ensure!(
+                start.elapsed() < Duration::from_secs(10),
+                "the controller never reported ready"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         Ok(())
     }
 
@@ -341,6 +370,39 @@ impl Harness {
         Ok(output)
     }
 
+    /// Starts the `higress-canary` binary against the sandbox and collects its standard
+    /// output as it comes (for commands that keep running, like `status -w`).
+    pub fn spawn_cli(&self, args: &[&str]) -> Result<RunningCli> {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_higress-canary"))
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting higress-canary")?;
+        let stdout = child.stdout.take().context("no stdout pipe")?;
+        let output = Arc::new(Mutex::new(String::new()));
+        let collected = output.clone();
+        let reader = tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt as _;
+            let mut lines = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut out = collected
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                out.push_str(&line);
+                out.push('\n');
+            }
+        });
+        Ok(RunningCli {
+            child,
+            output,
+            reader,
+        })
+    }
+
     /// Available and desired pods of a Deployment (0/0 if it does not exist).
     pub async fn pods(&self, name: &str) -> Result<(i32, i32)> {
         Ok(match self.deployments().get_opt(name).await? {
@@ -404,6 +466,12 @@ impl Harness {
     /// Checks that `share` of `n` requests reach `canary` (the rest `v1`) within a 99.9%
     /// two-sided binomial bound.
     pub async fn expect_share_of(&self, canary: &str, n: u32, share: f64) -> Result<()> {
+        self.expect_split("v1", canary, n, share).await
+    }
+
+    /// Checks that `share` of `n` requests reach `canary` and the rest `stable`, within a
+    /// 99.9% two-sided binomial bound.
+    pub async fn expect_split(&self, stable: &str, canary: &str, n: u32, share: f64) -> Result<()> {
         // Let every Envoy worker run the latest config first.
         self.cluster.gateway.synced().await?;
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -411,7 +479,7 @@ impl Harness {
         let v2 = f64::from(counts.get(canary).copied().unwrap_or(0));
         let other: u32 = counts
             .iter()
-            .filter(|(k, _)| k.as_str() != "v1" && k.as_str() != canary)
+            .filter(|(k, _)| k.as_str() != stable && k.as_str() != canary)
             .map(|(_, n)| n)
             .sum();
         ensure!(other == 0, "unexpected answers: {counts:?}");
@@ -424,6 +492,84 @@ impl Harness {
         );
         Ok(())
     }
+}
+
+/// A `higress-canary` process started by [`Harness::spawn_cli`]; killed when dropped.
+pub struct RunningCli {
+    child: tokio::process::Child,
+    output: Arc<Mutex<String>>,
+    reader: JoinHandle<()>,
+}
+
+impl RunningCli {
+    /// Everything it printed so far.
+    pub fn output(&self) -> String {
+        self.output
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Waits until its output (so far) satisfies `pred`, failing after `deadline`.
+    pub async fn wait_output(
+        &self,
+        what: &str,
+        deadline: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Result<String> {
+        let start = Instant::now();
+        loop {
+            let output = self.output();
+            if pred(&output) {
+                return Ok(output);
+            }
+            ensure!(
+                start.elapsed() < deadline,
+                "no {what} in the output after {deadline:?}:\n{output}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Kills the process and waits for it and for its output to end.
+    pub async fn kill(mut self) -> Result<String> {
+        self.child.kill().await.context("killing higress-canary")?;
+        tokio::time::timeout(Duration::from_secs(10), &mut self.reader)
+            .await
+            .context("its output did not end")?
+            .context("the output reader failed")?;
+        Ok(self.output())
+    }
+}
+
+/// A status write of the controller, as the API server received it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusWrite {
+    pub step: i32,
+    pub state: StepState,
+    pub last_update_time: Option<jiff::Timestamp>,
+}
+
+/// The controller's accepted status writes of a Rollout's release, in order.
+pub fn status_writes(h: &Harness, rollout: &str) -> Result<Vec<StatusWrite>> {
+    let mut writes = Vec::new();
+    for r in h.cluster.api.requests().iter().filter(|r| {
+        r.resource == "rollouts"
+            && r.subresource == "status"
+            && r.name.as_deref() == Some(rollout)
+            && r.status == 200
+            && r.param("fieldManager") == Some("higress-canary")
+    }) {
+        let written: Rollout = serde_json::from_str(&r.body).context("a status write's body")?;
+        if let Some(c) = written.canary_status() {
+            writes.push(StatusWrite {
+                step: c.current_step_index,
+                state: c.current_step_state,
+                last_update_time: c.last_update_time.as_ref().map(|t| t.0),
+            });
+        }
+    }
+    Ok(writes)
 }
 
 pub fn phase(r: &Rollout) -> String {
@@ -550,4 +696,138 @@ fn push(log: &Mutex<Vec<Answer>>, answer: Result<String, String>) {
     log.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .push((Instant::now(), answer));
+}
+
+// === checks shared by the test files ===
+
+pub fn stable_pin(service: &Service) -> Option<String> {
+    service
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.as_ref())
+        .and_then(|s| s.get(POD_TEMPLATE_HASH).cloned())
+}
+
+/// The Events published on a Rollout, oldest first.
+pub async fn events(h: &Harness, rollout: &str) -> Result<Vec<Event>> {
+    let events: Api<Event> = Api::namespaced(h.client.clone(), NS);
+    let mut list: Vec<Event> = events
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.regarding.as_ref().is_some_and(|r| {
+                r.kind.as_deref() == Some("Rollout") && r.name.as_deref() == Some(rollout)
+            })
+        })
+        .collect();
+    list.sort_by_key(|e| e.event_time.clone().map(|t| t.0));
+    Ok(list)
+}
+
+/// `(type, reason)` of the Events published on a Rollout, oldest first.
+pub async fn event_reasons(h: &Harness, rollout: &str) -> Result<Vec<(String, String)>> {
+    Ok(events(h, rollout)
+        .await?
+        .into_iter()
+        .map(|e| (e.type_.unwrap_or_default(), e.reason.unwrap_or_default()))
+        .collect())
+}
+
+/// After a release: the canary objects are gone, the stable Service is unpinned, the
+/// Deployment is paused again and the shared WasmPlugin has no rule left.
+pub async fn expect_cleaned_up(h: &Harness) -> Result<()> {
+    ensure!(
+        h.deployments().get_opt("demo-canary").await?.is_none(),
+        "canary Deployment left"
+    );
+    ensure!(
+        h.services().get_opt("demo-canary").await?.is_none(),
+        "canary Service left"
+    );
+    ensure!(
+        h.ingresses().get_opt("demo-canary").await?.is_none(),
+        "canary Ingress left"
+    );
+    let svc = h.services().get("demo").await?;
+    ensure!(
+        stable_pin(&svc).is_none(),
+        "Service demo still pinned: {:?}",
+        stable_pin(&svc)
+    );
+    let d = h.deployments().get("demo").await?;
+    ensure!(
+        d.spec.paused == Some(true),
+        "Deployment demo is not paused again"
+    );
+    let plugin = wasm_plugin_api(&h.client, &h.settings.plugin)
+        .get(&h.settings.plugin.name)
+        .await?;
+    let rules = plugin.data["spec"]["matchRules"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    ensure!(rules.is_empty(), "rules left in the WasmPlugin: {rules:?}");
+    Ok(())
+}
+
+/// The controller's writes (every write it makes carries its field manager), as
+/// `verb resource/name[/subresource]`, with `+paused`/`-paused` on Deployment pause patches
+/// and `+pin`/`-pin` on stable Service pins.
+pub fn controller_writes(h: &Harness) -> Vec<String> {
+    h.cluster
+        .api
+        .requests()
+        .iter()
+        // Deletes carry no field manager; the tests delete nothing while this is used.
+        .filter(|r| {
+            r.verb == "delete"
+                || (r.method != "GET" && r.param("fieldManager") == Some("higress-canary"))
+        })
+        .map(|r| {
+            let name = r.name.as_deref().unwrap_or("");
+            let mut label = format!("{} {}/{name}", r.verb, r.resource);
+            if !r.subresource.is_empty() {
+                label.push('/');
+                label.push_str(&r.subresource);
+            }
+            match (r.resource.as_str(), name) {
+                ("deployments", "demo") if r.body.contains("\"paused\":true") => {
+                    label.push_str(" +paused")
+                }
+                ("deployments", "demo") if r.body.contains("\"paused\":false") => {
+                    label.push_str(" -paused")
+                }
+                ("services", "demo") if r.body.contains("\"pod-template-hash\":null") => {
+                    label.push_str(" -pin")
+                }
+                ("services", "demo") if r.body.contains("\"pod-template-hash\":\"") => {
+                    label.push_str(" +pin")
+                }
+                _ => {}
+            }
+            label
+        })
+        .collect()
+}
+
+/// Checks that `expected` occur in `writes` in this order (other writes may come between).
+pub fn expect_order(writes: &[String], expected: &[&str]) -> Result<()> {
+    let mut at = 0;
+    for want in expected {
+        match writes[at..].iter().position(|w| w == want) {
+            Some(i) => at += i + 1,
+            None => bail!(
+                "expected {want:?} after position {at} in the controller's writes:\n{}",
+                writes.join("\n")
+            ),
+        }
+    }
+    Ok(())
+}
+
+pub fn step_state(r: &Rollout) -> Option<(i32, StepState)> {
+    r.canary_status()
+        .map(|c| (c.current_step_index, c.current_step_state))
 }

@@ -190,6 +190,41 @@ fn builtins() -> Vec<Builtin> {
         },
         b("events.k8s.io", "events", "Event", true, &["ev"]),
         b("coordination.k8s.io", "leases", "Lease", true, &[]),
+        // What installation manifests (deploy/) carry; stored, never enforced.
+        b("", "serviceaccounts", "ServiceAccount", true, &["sa"]),
+        b(
+            "rbac.authorization.k8s.io",
+            "clusterroles",
+            "ClusterRole",
+            false,
+            &[],
+        ),
+        b(
+            "rbac.authorization.k8s.io",
+            "clusterrolebindings",
+            "ClusterRoleBinding",
+            false,
+            &[],
+        ),
+        b("rbac.authorization.k8s.io", "roles", "Role", true, &[]),
+        b(
+            "rbac.authorization.k8s.io",
+            "rolebindings",
+            "RoleBinding",
+            true,
+            &[],
+        ),
+        Builtin {
+            status: true,
+            generation: true,
+            ..b(
+                "policy",
+                "poddisruptionbudgets",
+                "PodDisruptionBudget",
+                true,
+                &["pdb"],
+            )
+        },
         Builtin {
             status: true,
             generation: true,

@@ -6,8 +6,10 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, ReplicaSet},
         coordination::v1::Lease,
-        core::v1::{ConfigMap, Endpoints, Event, Namespace, Pod, Secret, Service},
+        core::v1::{ConfigMap, Endpoints, Event, Namespace, Pod, Secret, Service, ServiceAccount},
         networking::v1::Ingress,
+        policy::v1::PodDisruptionBudget,
+        rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
     },
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
@@ -83,10 +85,16 @@ pub fn decode(rt: &ResourceType, obj: &Value) -> Decoded {
         ("", "Namespace") => roundtrip::<Namespace>(obj),
         ("", "ConfigMap") => roundtrip::<ConfigMap>(obj),
         ("", "Secret") => roundtrip::<Secret>(obj),
+        ("", "ServiceAccount") => roundtrip::<ServiceAccount>(obj),
         ("", "Event") => roundtrip::<Event>(obj),
         ("events.k8s.io", "Event") => roundtrip::<k8s_openapi::api::events::v1::Event>(obj),
         ("networking.k8s.io", "Ingress") => roundtrip::<Ingress>(obj),
         ("coordination.k8s.io", "Lease") => roundtrip::<Lease>(obj),
+        ("rbac.authorization.k8s.io", "ClusterRole") => roundtrip::<ClusterRole>(obj),
+        ("rbac.authorization.k8s.io", "ClusterRoleBinding") => roundtrip::<ClusterRoleBinding>(obj),
+        ("rbac.authorization.k8s.io", "Role") => roundtrip::<Role>(obj),
+        ("rbac.authorization.k8s.io", "RoleBinding") => roundtrip::<RoleBinding>(obj),
+        ("policy", "PodDisruptionBudget") => roundtrip::<PodDisruptionBudget>(obj),
         ("apiextensions.k8s.io", "CustomResourceDefinition") => {
             roundtrip::<CustomResourceDefinition>(obj)
         }

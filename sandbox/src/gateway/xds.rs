@@ -399,6 +399,7 @@ pub fn stats_config() -> Value {
             {"tag_name": "rollout", "regex": r"^wasmcustom\.higress_canary\..*?(;rollout=([^;]*))"},
             {"tag_name": "version", "regex": r"^wasmcustom\.higress_canary\..*?(;version=([^;]*))"},
             {"tag_name": "code", "regex": r"^wasmcustom\.higress_canary\..*?(;code=([^;]*))"},
+            {"tag_name": "le", "regex": r"^wasmcustom\.higress_canary\..*?(;le=([^;]*))"},
         ],
         "histogram_bucket_settings": [{
             "match": {"prefix": "wasmcustom.higress_canary"},

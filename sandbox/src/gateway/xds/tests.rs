@@ -276,6 +276,6 @@ fn bootstrap_reads_lds_and_cds_from_files_and_tags_plugin_metrics() {
         .iter()
         .map(|t| t["tag_name"].as_str().unwrap())
         .collect();
-    assert_eq!(tags, vec!["rollout", "version", "code"]);
+    assert_eq!(tags, vec!["rollout", "version", "code", "le"]);
     assert_eq!(b["stats_flush_interval"], "1s");
 }
