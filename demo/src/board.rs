@@ -22,6 +22,9 @@ pub struct State {
     /// What the gateway is configured to send to the new version, per client, whenever it
     /// changed (for the report's chart).
     pub configured: Vec<ConfigPoint>,
+    /// The image tag of every pod seen so far, by pod name (never forgotten: answers are
+    /// attributed to a version after the pod is gone).
+    pub pod_versions: BTreeMap<String, String>,
 }
 
 /// The story being played.
@@ -63,6 +66,17 @@ pub struct RolloutView {
     pub state: String,
     /// The routing the controller asks of the gateway right now: "weight 10%", "-".
     pub config: String,
+    /// The latest metric analysis run, when the Rollout has one.
+    pub analysis: Option<AnalysisView>,
+}
+
+/// The latest analysis run of a Rollout, as the view shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnalysisView {
+    /// `step 1 Failing, 1 failed run in a row; 412 canary responses`.
+    pub summary: String,
+    /// Per check: `success-rate 80.1% (threshold >= 95%) Fail`.
+    pub checks: Vec<String>,
 }
 
 /// From `at` on, the configured share of the new version per client.
@@ -86,6 +100,7 @@ impl Board {
             world: World::default(),
             events: Vec::new(),
             configured: Vec::new(),
+            pod_versions: BTreeMap::new(),
         })))
     }
 
@@ -117,8 +132,11 @@ impl Board {
         self.lock().story = Some(story);
     }
 
-    pub fn set_world(&self, world: World) {
-        self.lock().world = world;
+    /// The cluster as just read; its pods are remembered by name.
+    pub fn set_world(&self, world: World, pods: impl IntoIterator<Item = (String, String)>) {
+        let mut state = self.lock();
+        state.world = world;
+        state.pod_versions.extend(pods);
     }
 
     /// Records the configured shares, as read at `at`, if they changed.

@@ -22,6 +22,12 @@ pub struct Explore {
     pub match_header: Option<(String, String)>,
     /// The override header, if the Rollout configures one.
     pub override_header: Option<String>,
+    /// Every step advances by itself (`pause.duration`, with its analysis holding): no
+    /// approvals to give.
+    pub automatic: bool,
+    /// A pod-template annotation to drop with the image change (the sandbox's `error-rate`
+    /// knob a story left behind), so the next version answers cleanly.
+    pub drop_template_annotation: Option<String>,
 }
 
 /// The commands, ready to paste, in the order to run them.
@@ -67,16 +73,34 @@ pub fn commands(e: &Explore) -> String {
             header.to_owned()
         }
     };
-    let _ = writeln!(
-        s,
-        "  {} set image deployment/{} {}={}:{}",
-        e.kubectl, e.deployment, e.container, e.image, e.next_version
-    );
-    let _ = writeln!(
-        s,
-        "  {} status -w {}    # Ctrl-C once step 1 is StepPaused",
-        e.cli, e.rollout
-    );
+    match &e.drop_template_annotation {
+        None => {
+            let _ = writeln!(
+                s,
+                "  {} set image deployment/{} {}={}:{}",
+                e.kubectl, e.deployment, e.container, e.image, e.next_version
+            );
+        }
+        Some(annotation) => {
+            // One patch, so the template changes once and one release starts.
+            let escaped = annotation.replace('~', "~0").replace('/', "~1");
+            let _ = writeln!(
+                s,
+                "  # the last version was made to fail; release the next one without that knob:"
+            );
+            let _ = writeln!(
+                s,
+                "  {} patch deployment {} --type json -p '[{{\"op\":\"remove\",\"path\":\"/spec/template/metadata/annotations/{escaped}\"}},{{\"op\":\"replace\",\"path\":\"/spec/template/spec/containers/0/image\",\"value\":\"{}:{}\"}}]'",
+                e.kubectl, e.deployment, e.image, e.next_version
+            );
+        }
+    }
+    let watch_hint = if e.automatic {
+        "Ctrl-C once step 1 is in place (StepMetricsAnalysis)"
+    } else {
+        "Ctrl-C once step 1 is StepPaused"
+    };
+    let _ = writeln!(s, "  {} status -w {}    # {watch_hint}", e.cli, e.rollout);
     if let Some((name, value)) = &e.match_header {
         let _ = writeln!(
             s,
@@ -97,7 +121,15 @@ pub fn commands(e: &Explore) -> String {
             e.version
         );
     }
-    let _ = writeln!(s, "  {} approve {}", e.cli, e.rollout);
+    if e.automatic {
+        let _ = writeln!(
+            s,
+            "  {} status -w {}    # each step advances once its analysis held for its pause",
+            e.cli, e.rollout
+        );
+    } else {
+        let _ = writeln!(s, "  {} approve {}", e.cli, e.rollout);
+    }
     let _ = writeln!(s, "  curl -s {url}    # {} once released", e.next_version);
     s
 }
@@ -120,6 +152,8 @@ mod tests {
             next_version: "v4".into(),
             match_header: Some(("user-agent".into(), "android".into())),
             override_header: override_header.map(str::to_owned),
+            automatic: false,
+            drop_template_annotation: None,
         }
     }
 
@@ -143,6 +177,23 @@ mod tests {
         );
         assert!(at("set image") < at("x-canary-override: canary"));
         assert!(at("x-canary-override: canary") < at("approve"));
+    }
+
+    #[test]
+    fn after_an_automatic_failing_story_it_drops_the_knob_and_does_not_approve() {
+        let mut e = explore(Some("x-pick"));
+        e.automatic = true;
+        e.drop_template_annotation = Some("sandbox.higress-canary.io/error-rate".into());
+        let text = commands(&e);
+        assert!(!text.contains("set image"), "{text}");
+        assert!(!text.contains(" approve "), "{text}");
+        assert!(
+            text.contains(
+                r#"/spec/template/metadata/annotations/sandbox.higress-canary.io~1error-rate"#
+            ) && text.contains(r#""value":"registry/version:v4""#),
+            "{text}"
+        );
+        assert!(text.contains("once its analysis held"), "{text}");
     }
 
     #[test]

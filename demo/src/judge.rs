@@ -1,8 +1,10 @@
 //! Verdicts, sans I/O: for every window in which one step's routing was in force, the share
 //! of each client group's answers that came from the new version, with a Wilson score
-//! interval, against the configured share.
+//! interval, against the configured share (and, for an ending such as a rollback, whether the
+//! Rollout ended as required); and which failed requests were expected (the 500s of a
+//! version released to fail) and which were not.
 
-use std::{fmt::Write as _, time::Duration};
+use std::{collections::BTreeMap, fmt::Write as _, time::Duration};
 
 use crate::traffic::{Answer, Sample};
 
@@ -27,6 +29,17 @@ pub struct Window {
     pub end: Duration,
     /// Per client, the share of its requests the new version should answer.
     pub expected: Vec<f64>,
+    /// What the Rollout must have done for this window to pass, as the director found it.
+    pub requirement: Option<Requirement>,
+}
+
+/// Something the director checked on the Rollout itself, e.g. that the analysis rolled it
+/// back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Requirement {
+    /// What was found: `Succeeded=False, Analysis=False (CheckFailed): success-rate 80.1%`.
+    pub found: String,
+    pub met: bool,
 }
 
 /// One verdict: a window and the clients that expect the same share in it.
@@ -36,13 +49,17 @@ pub struct Check {
     pub window: usize,
     pub clients: Vec<usize>,
     pub expected: f64,
-    /// Successful answers in the window.
+    /// Answers from a known version in the window: successes, and pods' error answers
+    /// (which count for the pod's version).
     pub requests: u64,
     /// Of which from the new version.
     pub new: u64,
+    /// Failed answers in the window, of any kind.
     pub failures: u64,
     /// 99.9% Wilson interval of the observed share.
     pub interval: (f64, f64),
+    /// The window's requirement was met (true when it has none).
+    pub requirement_met: bool,
 }
 
 impl Check {
@@ -57,7 +74,8 @@ impl Check {
     /// The configured share lies inside the interval, from enough answers. For a configured
     /// 0 or 1 this means every answer agreed (the interval touches 0 only when none was new).
     pub fn matched(&self) -> bool {
-        self.requests >= MIN_REQUESTS
+        self.requirement_met
+            && self.requests >= MIN_REQUESTS
             && self.interval.0 <= self.expected
             && self.expected <= self.interval.1
     }
@@ -87,8 +105,20 @@ pub fn wilson(successes: u64, n: u64, z: f64) -> (f64, f64) {
     (lower, upper)
 }
 
+/// Image tag by pod name, for the pods' error answers.
+pub type PodVersions = BTreeMap<String, String>;
+
+/// The version that gave an answer, if known.
+fn version_of<'a>(answer: &'a Answer, pods: &'a PodVersions) -> Option<&'a str> {
+    match answer {
+        Answer::Version(v) => Some(v),
+        Answer::Rejected { pod, .. } => pods.get(pod).map(String::as_str),
+        Answer::Failed(_) => None,
+    }
+}
+
 /// One check per window and group of clients expecting the same share, in window order.
-pub fn judge(windows: &[Window], samples: &[Sample]) -> Vec<Check> {
+pub fn judge(windows: &[Window], samples: &[Sample], pods: &PodVersions) -> Vec<Check> {
     let mut checks = Vec::new();
     for (index, window) in windows.iter().enumerate() {
         let mut groups: Vec<(f64, Vec<usize>)> = Vec::new();
@@ -107,16 +137,15 @@ pub fn judge(windows: &[Window], samples: &[Sample]) -> Vec<Check> {
                 new: 0,
                 failures: 0,
                 interval: (0.0, 1.0),
+                requirement_met: window.requirement.as_ref().is_none_or(|r| r.met),
             };
             for sample in samples.iter().filter(|s| {
                 s.at >= window.start && s.at < window.end && check.clients.contains(&s.client)
             }) {
-                match &sample.answer {
-                    Answer::Version(v) => {
-                        check.requests += 1;
-                        check.new += u64::from(*v == window.new_version);
-                    }
-                    Answer::Failed(_) => check.failures += 1,
+                check.failures += u64::from(sample.answer.failed());
+                if let Some(version) = version_of(&sample.answer, pods) {
+                    check.requests += 1;
+                    check.new += u64::from(version == window.new_version);
                 }
             }
             check.interval = wilson(check.new, check.requests, Z_999);
@@ -126,14 +155,33 @@ pub fn judge(windows: &[Window], samples: &[Sample]) -> Vec<Check> {
     checks
 }
 
-/// Every failed answer of the run, oldest first.
-pub fn failures(samples: &[Sample]) -> Vec<&Sample> {
-    let mut failed: Vec<&Sample> = samples
-        .iter()
-        .filter(|s| matches!(s.answer, Answer::Failed(_)))
-        .collect();
-    failed.sort_by_key(|s| s.at);
-    failed
+/// The failed answers of the run, oldest first.
+#[derive(Debug, Default)]
+pub struct Failures<'a> {
+    /// 500s from pods of a version released to answer them (by design, not a fault of the
+    /// release machinery).
+    pub expected: Vec<&'a Sample>,
+    /// Everything else: connection errors, the gateway's own errors, errors from other
+    /// versions' pods.
+    pub genuine: Vec<&'a Sample>,
+}
+
+/// Sorts the failed answers into expected and genuine; `faulty` are the versions released to
+/// answer 500.
+pub fn failures<'a>(samples: &'a [Sample], pods: &PodVersions, faulty: &[&str]) -> Failures<'a> {
+    let mut out = Failures::default();
+    for sample in samples.iter().filter(|s| s.answer.failed()) {
+        let expected = matches!(&sample.answer, Answer::Rejected { status: 500, .. })
+            && version_of(&sample.answer, pods).is_some_and(|v| faulty.contains(&v));
+        if expected {
+            out.expected.push(sample);
+        } else {
+            out.genuine.push(sample);
+        }
+    }
+    out.expected.sort_by_key(|s| s.at);
+    out.genuine.sort_by_key(|s| s.at);
+    out
 }
 
 /// A percentage with one decimal, or none when whole: `10%`, `9.8%`, `100%`.
@@ -225,10 +273,12 @@ pub fn summary_table(
     out
 }
 
-/// "ok", "MISMATCH" or "TOO FEW".
+/// "ok", "UNMET" (the Rollout did not end as required), "MISMATCH" or "TOO FEW".
 pub fn verdict(check: &Check) -> &'static str {
     if check.matched() {
         "ok"
+    } else if !check.requirement_met {
+        "UNMET"
     } else if check.requests < MIN_REQUESTS {
         "TOO FEW"
     } else {
@@ -269,6 +319,7 @@ mod tests {
             start: Duration::from_secs(1),
             end: Duration::from_secs(2),
             expected,
+            requirement: None,
         }
     }
 
@@ -287,7 +338,7 @@ mod tests {
             client: 1,
             answer: Answer::Failed("503".into()),
         });
-        let checks = judge(&[window(vec![1.0, 0.1])], &samples);
+        let checks = judge(&[window(vec![1.0, 0.1])], &samples, &PodVersions::new());
         assert_eq!(checks.len(), 2);
         assert_eq!((checks[0].clients.clone(), checks[0].new), (vec![0], 1000));
         assert!(checks[0].matched());
@@ -304,19 +355,83 @@ mod tests {
         let samples: Vec<Sample> = (0..1000)
             .map(|i| sample(1000 + i, 0, if i % 5 == 0 { "v2" } else { "v1" }))
             .collect();
-        let checks = judge(&[window(vec![0.1])], &samples);
+        let checks = judge(&[window(vec![0.1])], &samples, &PodVersions::new());
         assert!(!checks[0].matched(), "20% observed against 10%");
         assert_eq!(verdict(&checks[0]), "MISMATCH");
 
         let one_stray = [sample(1000, 0, "v3")];
-        let checks = judge(&[window(vec![0.0])], &one_stray);
+        let checks = judge(&[window(vec![0.0])], &one_stray, &PodVersions::new());
         assert_eq!(verdict(&checks[0]), "TOO FEW");
         let mut all_stable: Vec<Sample> = (0..200).map(|i| sample(1000 + i, 0, "v1")).collect();
-        assert!(judge(&[window(vec![0.0])], &all_stable)[0].matched());
+        assert!(judge(&[window(vec![0.0])], &all_stable, &PodVersions::new())[0].matched());
         all_stable.push(sample(1500, 0, "v2"));
         assert!(
-            !judge(&[window(vec![0.0])], &all_stable)[0].matched(),
+            !judge(&[window(vec![0.0])], &all_stable, &PodVersions::new())[0].matched(),
             "one new answer where none is configured"
         );
+    }
+
+    fn rejected(at_ms: u64, status: u16, pod: &str) -> Sample {
+        Sample {
+            at: Duration::from_millis(at_ms),
+            client: 0,
+            answer: Answer::Rejected {
+                status,
+                pod: pod.into(),
+                body: "error injected".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn only_the_500s_of_a_faulty_version_are_expected_failures() {
+        let pods: PodVersions = [
+            ("demo-canary-a".to_owned(), "v4".to_owned()),
+            ("demo-b".to_owned(), "v3".to_owned()),
+        ]
+        .into();
+        let samples = vec![
+            rejected(1, 500, "demo-canary-a"),
+            rejected(2, 500, "demo-b"),
+            rejected(3, 503, "demo-canary-a"),
+            rejected(4, 500, "unknown-pod"),
+            Sample {
+                at: Duration::from_millis(5),
+                client: 0,
+                answer: Answer::Failed("connect: refused".into()),
+            },
+            sample(6, 0, "v4"),
+        ];
+        let failed = failures(&samples, &pods, &["v4"]);
+        assert_eq!(failed.expected, vec![&samples[0]]);
+        assert_eq!(
+            failed.genuine,
+            samples[1..5].iter().collect::<Vec<_>>(),
+            "stable's 500, another status, an unknown pod, a connection error"
+        );
+    }
+
+    #[test]
+    fn a_pods_error_answer_counts_for_its_version_and_a_requirement_must_hold() {
+        let pods: PodVersions = [("demo-canary-a".to_owned(), "v2".to_owned())].into();
+        let mut samples: Vec<Sample> = (0..200).map(|i| sample(1000 + i, 0, "v1")).collect();
+        assert!(judge(&[window(vec![0.0])], &samples, &pods)[0].matched());
+        samples.push(rejected(1500, 500, "demo-canary-a"));
+        let check = &judge(&[window(vec![0.0])], &samples, &pods)[0];
+        assert_eq!((check.requests, check.new, check.failures), (201, 1, 1));
+        assert!(
+            !check.matched(),
+            "a 500 from the new version is an answer from it"
+        );
+
+        samples.pop();
+        let mut rolled_back = window(vec![0.0]);
+        rolled_back.requirement = Some(Requirement {
+            found: "Succeeded=True".into(),
+            met: false,
+        });
+        let check = &judge(&[rolled_back], &samples, &pods)[0];
+        assert!(!check.matched());
+        assert_eq!(verdict(check), "UNMET");
     }
 }

@@ -5,10 +5,13 @@
 //! plugin from `dist/plugin.wasm`) and the real controller loop in-process, applies the seed
 //! app, and plays each story of [`story::STORIES`] under continuous traffic through the
 //! gateway: a canary release (10% → 30% → all) and an A/B release (only `user-agent: android`,
-//! then all), approving each paused step. A live view shows the state; at the end a summary
-//! table judges every step (observed share of the new version against the configured one,
-//! 99.9% Wilson interval) and `report.html` charts the run. Exit status: 0 if every step
-//! matched and no request failed, 1 if not, 2 if the demo could not run.
+//! then all), approving each paused step; then an automatic release judged by metric analysis
+//! (a real Prometheus scrapes the gateway) whose version answers 500 to 20% of requests, so
+//! the analysis rolls it back. A live view shows the state; at the end a summary table judges
+//! every step (observed share of the new version against the configured one, 99.9% Wilson
+//! interval) and the rollback, and `report.html` charts the run. Exit status: 0 if every check
+//! matched and no request failed other than the faulty version's 500s, 1 if not, 2 if the
+//! demo could not run.
 //!
 //! Pure parts ([`judge`], [`report`], [`view`]'s rendering, [`story`]'s expectations) are
 //! separate from the I/O ([`play`], [`monitor`], [`traffic`]). This is a tool: it may depend
@@ -38,7 +41,10 @@ use clap::Parser;
 use higress_canary::{metrics::Metrics, render::PluginRef, Settings};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
-use sandbox::cluster::{Cluster, ClusterConfig};
+use sandbox::{
+    cluster::{Cluster, ClusterConfig},
+    prometheus::Prometheus,
+};
 use tokio::{
     sync::{mpsc, oneshot},
     task::JoinHandle,
@@ -47,7 +53,7 @@ use tokio::{
 use crate::{
     board::Board,
     play::{Director, Pace, NAMESPACE},
-    story::{CHART_GROUPS, CLIENTS, STORIES},
+    story::{Source, Story, CHART_GROUPS, CLIENTS, STORIES},
     traffic::{Log, Traffic},
     view::Screen,
 };
@@ -131,6 +137,14 @@ fn read(dir: &Path, name: &str) -> Result<String> {
     fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
 }
 
+/// A story's Rollout: a seed scenario's, or one of the demo's own.
+fn story_yaml(scenario_dir: &Path, story: &Story) -> Result<String> {
+    match story.source {
+        Source::Seed => read(scenario_dir, story.rollout_file),
+        Source::Demo(yaml) => Ok(yaml.to_owned()),
+    }
+}
+
 /// Logs of the controller and the sandbox go to a file, so the screen stays readable.
 fn log_to_file(path: &Path) -> Result<()> {
     let file = fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
@@ -173,10 +187,16 @@ struct Controller {
 }
 
 impl Controller {
-    fn start(cluster: &Cluster, plugin: PluginRef, metrics: Arc<Metrics>) -> Self {
+    fn start(
+        cluster: &Cluster,
+        plugin: PluginRef,
+        metrics: Arc<Metrics>,
+        prometheus_url: String,
+    ) -> Self {
         let settings = Settings {
             plugin,
             metrics,
+            prometheus_url: Some(prometheus_url),
             ..Settings::default()
         };
         let (stop, stopped) = oneshot::channel::<()>();
@@ -251,6 +271,7 @@ async fn run(cli: Cli) -> Result<bool> {
         shutdown_signal().await?;
         println!("stopping the controller and the sandbox");
         running.controller.stop().await?;
+        drop(running.prometheus);
         drop(running.cluster);
     }
     Ok(passed)
@@ -259,6 +280,7 @@ async fn run(cli: Cli) -> Result<bool> {
 /// The sandbox and controller left running by `--keep`.
 struct Running {
     cluster: Cluster,
+    prometheus: Prometheus,
     controller: Controller,
     explore: String,
 }
@@ -293,12 +315,29 @@ async fn play_all(
         cluster.gateway.admin_addr()
     ));
 
+    board.activity(
+        "starting Prometheus, scraping the gateway's metrics every second",
+        None,
+    );
+    let prometheus = Prometheus::start(&[cluster.gateway.admin_addr()])
+        .await
+        .context("starting Prometheus for the metric analysis")?;
+    prometheus
+        .wait_scraped(Duration::from_secs(30))
+        .await
+        .context("waiting for Prometheus to scrape the gateway")?;
+    board.event(format!(
+        "Prometheus up at {}, scraping http://{}/stats/prometheus every second",
+        prometheus.url(),
+        cluster.gateway.admin_addr()
+    ));
+
     let metrics = Arc::new(Metrics::default());
     let plugin = PluginRef {
         url: format!("file://{}", wasm.display()),
         ..PluginRef::default()
     };
-    let controller = Controller::start(&cluster, plugin.clone(), metrics.clone());
+    let controller = Controller::start(&cluster, plugin.clone(), metrics.clone(), prometheus.url());
     board.activity("waiting for the controller to be ready", None);
     let ready_by = Instant::now() + Duration::from_secs(30);
     while !metrics.is_ready() {
@@ -308,7 +347,10 @@ async fn play_all(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    board.event("controller running (in-process, as `higress-canary run`)");
+    board.event(format!(
+        "controller running (in-process, as `higress-canary run --prometheus-url {}`)",
+        prometheus.url()
+    ));
 
     let mut director = Director::new(
         &cluster,
@@ -346,7 +388,7 @@ async fn play_all(
         monitor::start(cluster.api.client(), NAMESPACE, board.clone(), CLIENTS);
     let mut played = Ok(());
     for (index, story) in STORIES.iter().enumerate() {
-        played = match read(scenario_dir, story.rollout_file) {
+        played = match story_yaml(scenario_dir, story) {
             Ok(yaml) => director.play(index, story, &yaml).await,
             Err(e) => Err(e),
         };
@@ -366,13 +408,23 @@ async fn play_all(
     let last = STORIES
         .last()
         .context("invariant: there is at least one story")?;
-    let rollout = story::parse_rollout(&read(scenario_dir, last.rollout_file)?)?;
-    let explore = explore_commands(&cluster, &rollout, &kubeconfig, last.new_version).await?;
+    let rollout = story::parse_rollout(&story_yaml(scenario_dir, last)?)?;
+    // The app serves the last version that was not rolled back; the next image to try comes
+    // after the last one released (a rolled-back one included).
+    let explore = explore_commands(
+        &cluster,
+        &rollout,
+        &kubeconfig,
+        director.version(),
+        last.new_version,
+    )
+    .await?;
     Ok((
         passed,
         summary,
         Some(Running {
             cluster,
+            prometheus,
             controller,
             explore,
         }),
@@ -388,9 +440,11 @@ fn conclude(
 ) -> Result<(bool, String)> {
     let duration = board.elapsed();
     let samples = log.lock().clone();
-    let checks = judge::judge(&director.windows, &samples);
-    let failures = judge::failures(&samples);
-    let passed = checks.iter().all(judge::Check::matched) && failures.is_empty();
+    let pods = board.lock().pod_versions.clone();
+    let checks = judge::judge(&director.windows, &samples, &pods);
+    let faulty = story::faulty_versions();
+    let failures = judge::failures(&samples, &pods, &faulty);
+    let passed = checks.iter().all(judge::Check::matched) && failures.genuine.is_empty();
     let titles: Vec<&str> = STORIES.iter().map(|s| s.title).collect();
     let names: Vec<&str> = CLIENTS.iter().map(|c| c.name).collect();
     let mut summary = format!(
@@ -404,20 +458,42 @@ fn conclude(
         &checks,
         &names,
     ));
-    summary.push_str(&format!(
-        "\n{} requests through the gateway in {:.0}s, {} failed\n",
-        samples.len(),
-        duration.as_secs_f64(),
-        failures.len()
-    ));
-    for failure in failures.iter().take(10) {
-        if let traffic::Answer::Failed(why) = &failure.answer {
+    for window in &director.windows {
+        if let Some(requirement) = &window.requirement {
             summary.push_str(&format!(
-                "  failed at {:.1}s ({}): {why}\n",
-                failure.at.as_secs_f64(),
-                CLIENTS[failure.client].name
+                "\n{} {}: {} ({})",
+                titles.get(window.story).copied().unwrap_or("?"),
+                window.step,
+                requirement.found,
+                if requirement.met {
+                    "as required"
+                } else {
+                    "NOT as required"
+                }
             ));
         }
+    }
+    summary.push_str(&format!(
+        "\n{} requests through the gateway in {:.0}s, {} failed",
+        samples.len(),
+        duration.as_secs_f64(),
+        failures.genuine.len()
+    ));
+    if !failures.expected.is_empty() {
+        summary.push_str(&format!(
+            " (besides {} expected 500s from {}, released to fail them)",
+            failures.expected.len(),
+            faulty.join(", ")
+        ));
+    }
+    summary.push('\n');
+    for failure in failures.genuine.iter().take(10) {
+        summary.push_str(&format!(
+            "  failed at {:.1}s ({}): {}\n",
+            failure.at.as_secs_f64(),
+            CLIENTS[failure.client].name,
+            failure.answer.describe()
+        ));
     }
     let configured = board.lock().configured.clone();
     let page = report::html(&report::Input {
@@ -429,14 +505,16 @@ fn conclude(
         samples: &samples,
         configured: &configured,
         duration,
-        failures: failures.len(),
+        failures: failures.genuine.len(),
+        expected_failures: failures.expected.len(),
         passed,
     });
     let report_path = out_dir.join("report.html");
     fs::write(&report_path, page).with_context(|| format!("writing {}", report_path.display()))?;
     summary.push_str(&format!("report: {}\n", report_path.display()));
     summary.push_str(if passed {
-        "PASS: every step matched its configuration and no request failed\n"
+        "PASS: every step matched its configuration, every release ended as required, and no \
+         request failed unexpectedly\n"
     } else {
         "FAIL: see the rows not marked ok above, and any failed requests\n"
     });
@@ -473,6 +551,7 @@ async fn explore_commands(
     rollout: &higress_canary::crd::Rollout,
     kubeconfig: &Path,
     version: &str,
+    last_released: &str,
 ) -> Result<String> {
     let root = workspace();
     let kubectl = std::env::var_os("KUBECTL_BIN")
@@ -510,15 +589,25 @@ async fn explore_commands(
     let deployment = Api::<Deployment>::namespaced(cluster.api.client(), NAMESPACE)
         .get(&deployment_name)
         .await?;
+    let drop_template_annotation = deployment
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.as_ref())
+        .filter(|a| a.contains_key(sandbox::sim::ERROR_RATE_ANNOTATION))
+        .map(|_| sandbox::sim::ERROR_RATE_ANNOTATION.to_owned());
     let container = deployment
         .spec
         .template
         .spec
         .and_then(|s| s.containers.into_iter().next())
         .context("the Deployment has no container")?;
+    let automatic = canary
+        .is_some_and(|c| !c.steps.is_empty() && c.steps.iter().all(|s| s.pause.duration.is_some()));
     let image = container.image.unwrap_or_default();
     let base = image.rsplit_once(':').map_or(image.as_str(), |(b, _)| b);
-    let next = version
+    let next = last_released
         .strip_prefix('v')
         .and_then(|n| n.parse::<u32>().ok())
         .map_or_else(|| "next".to_owned(), |n| format!("v{}", n + 1));
@@ -536,5 +625,7 @@ async fn explore_commands(
         next_version: next,
         match_header,
         override_header,
+        automatic,
+        drop_template_annotation,
     }))
 }

@@ -4,7 +4,10 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use higress_canary::crd::{Rollout, StepState};
+use higress_canary::{
+    analysis::describe_check,
+    crd::{Rollout, StepState},
+};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     api::{Api, ListParams},
@@ -13,7 +16,7 @@ use kube::{
 use tokio::{sync::watch, task::JoinHandle};
 
 use crate::{
-    board::{Board, RolloutView, World},
+    board::{AnalysisView, Board, RolloutView, World},
     story::{describe_rule, expected_shares, Client as TrafficClient},
 };
 
@@ -46,11 +49,15 @@ pub fn start(
                     Err(e) => world.error = Some(format!("reading the Rollout: {e}")),
                 }
             }
+            let mut names = Vec::new();
             match pods.list(&ListParams::default()).await {
-                Ok(list) => world.pods = pods_per_version(&list.items),
+                Ok(list) => {
+                    world.pods = pods_per_version(&list.items);
+                    names = list.items.iter().filter_map(pod_version).collect();
+                }
                 Err(e) => world.error = Some(format!("listing pods: {e}")),
             }
-            board.set_world(world);
+            board.set_world(world, names);
             if let (Some(story), Some((at, shares))) = (story, configured) {
                 board.configured(at, story.index, shares);
             }
@@ -60,17 +67,27 @@ pub fn start(
     (stop, task)
 }
 
+/// The image tag of a pod's first container.
+fn tag_of(pod: &Pod) -> &str {
+    let image = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.image.as_deref())
+        .unwrap_or_default();
+    image.rsplit_once(':').map_or(image, |(_, tag)| tag)
+}
+
+/// A pod's name and image tag.
+fn pod_version(pod: &Pod) -> Option<(String, String)> {
+    Some((pod.metadata.name.clone()?, tag_of(pod).to_owned()))
+}
+
 /// Ready and all pods per image tag.
 pub fn pods_per_version(pods: &[Pod]) -> BTreeMap<String, (u32, u32)> {
     let mut out: BTreeMap<String, (u32, u32)> = BTreeMap::new();
     for pod in pods {
-        let image = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.containers.first())
-            .and_then(|c| c.image.as_deref())
-            .unwrap_or_default();
-        let tag = image.rsplit_once(':').map_or(image, |(_, tag)| tag);
+        let tag = tag_of(pod);
         let ready = pod
             .status
             .as_ref()
@@ -100,7 +117,33 @@ fn view(rollout: &Rollout) -> RolloutView {
         step: canary.map(|c| (c.current_step_index, steps)),
         state: canary.map_or("-".to_owned(), |c| format!("{:?}", c.current_step_state)),
         config: rollout.plugin_rule().map_or("-".to_owned(), describe_rule),
+        analysis: describe_analysis(rollout),
     }
+}
+
+/// The latest analysis run: its phase, failures in a row, the canary responses it saw, and
+/// each check's value against its threshold with its verdict.
+pub fn describe_analysis(rollout: &Rollout) -> Option<AnalysisView> {
+    let a = rollout.canary_status()?.analysis.as_ref()?;
+    let mut summary = format!(
+        "step {} {:?}, {} failed run{} in a row",
+        a.step_index,
+        a.phase,
+        a.consecutive_failures,
+        if a.consecutive_failures == 1 { "" } else { "s" }
+    );
+    if let Some(n) = a.canary_requests {
+        // An estimate from counter rates, fractional: whole responses read better.
+        summary.push_str(&format!("; {n:.0} canary responses"));
+    }
+    Some(AnalysisView {
+        summary,
+        checks: a
+            .checks
+            .iter()
+            .map(|c| format!("{} {:?}", describe_check(c), c.verdict))
+            .collect(),
+    })
 }
 
 /// What the Rollout's status says the gateway does: its rule's shares; once the release is

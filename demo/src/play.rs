@@ -1,6 +1,7 @@
 //! The director: plays the stories against the sandbox as a user would (server-side apply,
 //! `kubectl set image`, `kubectl-kruise rollout approve`), and records, for every step, the
-//! window in which its routing was in force at the gateway.
+//! window in which its routing was in force at the gateway, and for a release its analysis
+//! rolled back, when and why.
 
 use std::{
     fmt::Debug,
@@ -11,7 +12,7 @@ use anyhow::{bail, Context as _, Result};
 use higress_canary::{
     commands::Commands,
     config::PluginConfig,
-    crd::{Rollout, RolloutPhase, StepState},
+    crd::{condition, Rollout, RolloutPhase, StepState},
     observe::wasm_plugin_api,
     render::{self, PluginRef},
 };
@@ -23,15 +24,15 @@ use kube::{
     api::{Api, DeleteParams, Patch, PatchParams, PostParams},
     Client, Resource,
 };
-use sandbox::{cluster::Cluster, gateway::http};
+use sandbox::{cluster::Cluster, gateway::http, sim::ERROR_RATE_ANNOTATION};
 use serde::{de::DeserializeOwned, Deserialize as _};
 use serde_json::{json, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::{
     board::{Board, StoryState},
-    judge::{self, percent, Window},
-    report::StorySpan,
+    judge::{self, percent, Requirement, Window},
+    report::{Rollback, StorySpan},
     story::{self, Ending, Story, CLIENTS},
     traffic::Log,
 };
@@ -88,6 +89,16 @@ impl<'a> Director<'a> {
             windows: Vec::new(),
             stories: Vec::new(),
         }
+    }
+
+    /// The version the app runs now.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// The image tags of every pod seen so far, by pod name.
+    fn pods(&self) -> judge::PodVersions {
+        self.board.lock().pod_versions.clone()
     }
 
     fn deployments(&self) -> Api<Deployment> {
@@ -270,6 +281,7 @@ impl<'a> Director<'a> {
             from_version: from.clone(),
             new_version: new.to_owned(),
             start: self.board.elapsed(),
+            rollback: None,
         });
         self.board.set_story(StoryState {
             index,
@@ -324,9 +336,15 @@ impl<'a> Director<'a> {
             r.status.as_ref().and_then(|s| s.phase) == Some(RolloutPhase::Healthy)
         })
         .await?;
-        self.set_image(&deployment, new).await?;
+        self.set_image(&deployment, new, story.error_rate).await?;
 
-        for (k, step) in steps.iter().enumerate() {
+        // Nobody approves a release its analysis decides.
+        let approved_steps = if story.ending == Ending::Released {
+            &steps[..]
+        } else {
+            &[]
+        };
+        for (k, step) in approved_steps.iter().enumerate() {
             let k = k + 1;
             let n = steps.len();
             let what = format!("step {k}/{n}: canary pods, routing, grace period");
@@ -355,6 +373,7 @@ impl<'a> Director<'a> {
                     start: Duration::ZERO,
                     end: Duration::ZERO,
                     expected: step.expected.clone(),
+                    requirement: None,
                 },
             )
             .await;
@@ -389,18 +408,103 @@ impl<'a> Director<'a> {
                         start: Duration::ZERO,
                         end: Duration::ZERO,
                         expected: vec![1.0; CLIENTS.len()],
+                        requirement: None,
                     },
                 )
                 .await;
+                self.version = new.to_owned();
             }
+            Ending::RolledBackByAnalysis => self.rolled_back(index, &name, &from, new).await?,
         }
-        self.version = new.to_owned();
         self.previous = Some(name);
         Ok(())
     }
 
-    /// `kubectl set image deployment/<name> <first container>=<image with tag>`.
-    async fn set_image(&self, deployment: &str, tag: &str) -> Result<()> {
+    /// The end of a release nobody approves: waits until the Rollout is finished either way,
+    /// marks when and why its analysis rolled it back, then judges that no traffic reaches
+    /// the released version any more.
+    async fn rolled_back(
+        &mut self,
+        index: usize,
+        name: &str,
+        stable: &str,
+        new: &str,
+    ) -> Result<()> {
+        self.board.event(format!(
+            "nobody approves: each step advances by itself only while the analysis' checks \
+             hold, and a failing check rolls the release back ({new} answers 500 to some \
+             requests)"
+        ));
+        let done = self
+            .wait_rollout(
+                name,
+                "the analysis' verdict (it queries Prometheus every interval)",
+                |r| {
+                    r.status.as_ref().is_some_and(|s| {
+                        s.phase == Some(RolloutPhase::Healthy)
+                            && s.condition(condition::SUCCEEDED).is_some()
+                    })
+                },
+            )
+            .await?;
+        let status = done.status.as_ref();
+        let describe = |r#type: &str| {
+            status.and_then(|s| s.condition(r#type)).map_or_else(
+                || (String::new(), format!("{type}: none", type = r#type)),
+                |c| {
+                    (
+                        c.status.clone(),
+                        format!("{}={} ({}): {}", r#type, c.status, c.reason, c.message),
+                    )
+                },
+            )
+        };
+        let (succeeded, succeeded_text) = describe(condition::SUCCEEDED);
+        let (analysis, analysis_text) = describe(condition::ANALYSIS);
+        let met = succeeded == condition::FALSE && analysis == condition::FALSE;
+        let reason = status
+            .and_then(|s| s.condition(condition::ANALYSIS))
+            .map_or_else(String::new, |c| c.message.clone());
+        if met {
+            if let Some(story) = self.stories.last_mut() {
+                story.rollback = Some(Rollback {
+                    at: self.board.elapsed(),
+                    reason: reason.clone(),
+                });
+            }
+            self.board.event(format!(
+                "⟲ Rollout {name} rolled back by its analysis: {reason}; traffic back to {stable}"
+            ));
+        } else {
+            self.board.event(format!(
+                "Rollout {name} was NOT rolled back by its analysis: {succeeded_text}; \
+                 {analysis_text}"
+            ));
+        }
+        self.gateway_settled().await?;
+        self.watch(
+            "go on",
+            Window {
+                story: index,
+                step: "rolled back".to_owned(),
+                config: "rolled back by analysis, traffic back to stable".to_owned(),
+                new_version: new.to_owned(),
+                start: Duration::ZERO,
+                end: Duration::ZERO,
+                expected: vec![0.0; CLIENTS.len()],
+                requirement: Some(Requirement {
+                    found: format!("{succeeded_text}; {analysis_text}"),
+                    met,
+                }),
+            },
+        )
+        .await;
+        Ok(())
+    }
+
+    /// `kubectl set image deployment/<name> <first container>=<image with tag>`, with the
+    /// sandbox's `error-rate` annotation in the pod template when the version is to fail.
+    async fn set_image(&self, deployment: &str, tag: &str, error_rate: Option<&str>) -> Result<()> {
         let current = self.deployments().get(deployment).await?;
         let container = current
             .spec
@@ -411,9 +515,13 @@ impl<'a> Director<'a> {
             .context("the Deployment has no container")?;
         let image = container.image.as_deref().unwrap_or_default();
         let base = image.rsplit_once(':').map_or(image, |(base, _)| base);
-        let patch = json!({"spec": {"template": {"spec": {"containers": [
+        let mut patch = json!({"spec": {"template": {"spec": {"containers": [
             {"name": container.name, "image": format!("{base}:{tag}")}
         ]}}}});
+        if let Some(rate) = error_rate {
+            patch["spec"]["template"]["metadata"] =
+                json!({"annotations": {ERROR_RATE_ANNOTATION: rate}});
+        }
         self.deployments()
             .patch(
                 deployment,
@@ -426,6 +534,12 @@ impl<'a> Director<'a> {
             "kubectl set image deployment/{deployment} {}={base}:{tag}",
             container.name
         ));
+        if let Some(rate) = error_rate {
+            self.board.event(format!(
+                "its pods answer 500 to a share of {rate} of their requests (pod template \
+                 annotation {ERROR_RATE_ANNOTATION})"
+            ));
+        }
         Ok(())
     }
 
@@ -438,7 +552,8 @@ impl<'a> Director<'a> {
         let since = Instant::now();
         loop {
             window.end = self.board.elapsed();
-            let enough = judge::judge(std::slice::from_ref(&window), &self.log.lock())
+            let pods = self.pods();
+            let enough = judge::judge(std::slice::from_ref(&window), &self.log.lock(), &pods)
                 .iter()
                 .all(|c| c.requests >= judge::MIN_REQUESTS);
             if enough || since.elapsed() > PATIENCE {
@@ -455,7 +570,8 @@ impl<'a> Director<'a> {
 
     /// Keeps a judged window and tells how it looks.
     fn record(&mut self, window: Window) {
-        let checks = judge::judge(std::slice::from_ref(&window), &self.log.lock());
+        let pods = self.pods();
+        let checks = judge::judge(std::slice::from_ref(&window), &self.log.lock(), &pods);
         let names: Vec<&str> = CLIENTS.iter().map(|c| c.name).collect();
         let summary: Vec<String> = checks
             .iter()

@@ -1,6 +1,7 @@
 //! The HTML report, sans I/O: one self-contained page (inline CSS and SVG, no scripts, no
 //! external assets) with the observed share of the new version over time against the
-//! configured one, every judged window marked and labelled, and the verdict table.
+//! configured one, every judged window marked and labelled, every rollback by analysis
+//! marked, and the verdict table.
 
 use std::{fmt::Write as _, time::Duration};
 
@@ -37,6 +38,17 @@ pub struct StorySpan {
     pub from_version: String,
     pub new_version: String,
     pub start: Duration,
+    /// When the story's release was rolled back by its analysis, if it was.
+    pub rollback: Option<Rollback>,
+}
+
+/// A release aborted by its metric analysis.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rollback {
+    /// When the director saw the Rollout finished, rolled back.
+    pub at: Duration,
+    /// The Analysis condition's message: the check, its value and threshold.
+    pub reason: String,
 }
 
 /// Everything the report shows.
@@ -49,7 +61,10 @@ pub struct Input<'a> {
     pub samples: &'a [Sample],
     pub configured: &'a [ConfigPoint],
     pub duration: Duration,
+    /// Failed requests that count against the run.
     pub failures: usize,
+    /// The 500s of versions released to answer them.
+    pub expected_failures: usize,
     pub passed: bool,
 }
 
@@ -147,7 +162,7 @@ fn svg(input: &Input<'_>) -> String {
         s,
         r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" height="{HEIGHT}" role="img" aria-label="share of the new version over time">"#
     );
-    s.push_str(r#"<style>text{font:11px sans-serif;fill:#333}.axis{stroke:#999}.grid{stroke:#eee}.story{stroke:#555;stroke-dasharray:2 3}.step-window rect{fill:#dde7f5;opacity:.55}.step-window.bad rect{fill:#f8d0d0}</style>"#);
+    s.push_str(r#"<style>text{font:11px sans-serif;fill:#333}.axis{stroke:#999}.grid{stroke:#eee}.story{stroke:#555;stroke-dasharray:2 3}.step-window rect{fill:#dde7f5;opacity:.55}.step-window.bad rect{fill:#f8d0d0}.rollback line{stroke:#c92a2a;stroke-width:2}.rollback text{fill:#c92a2a}</style>"#);
     let (x0, x1) = (LEFT, WIDTH - RIGHT);
     let (y0, y1) = (scale.y(0.0), scale.y(1.0));
     // Grid and axes.
@@ -209,14 +224,28 @@ fn svg(input: &Input<'_>) -> String {
         let x = scale.x(story.start);
         let _ = write!(
             s,
-            r#"<line class="story" x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{y0:.1}"/><text x="{:.1}" y="14">story {}: {} ({} → {})</text>"#,
+            r#"<line class="story" x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{y0:.1}"/><text x="{:.1}" y="{}">story {}: {} ({} → {})</text>"#,
             14.0,
             x + 4.0,
+            // Alternate rows, so that a short story's label does not run into the next one.
+            14 + 14 * (i % 2),
             i + 1,
             escape(&story.title),
             escape(&story.from_version),
             escape(&story.new_version)
         );
+        if let Some(rollback) = &story.rollback {
+            let x = scale.x(rollback.at);
+            let label = "rolled back by analysis";
+            let (lx, anchor) = label_position(x, label.len());
+            let _ = write!(
+                s,
+                r#"<g class="rollback" data-story="{}"><title>{}</title><line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{y0:.1}"/><text x="{lx:.1}" y="42" text-anchor="{anchor}">{label}</text></g>"#,
+                i + 1,
+                escape(&rollback.reason),
+                46.0,
+            );
+        }
     }
     // Configured (dashed steps) and observed (solid) curves per group.
     for group in input.groups {
@@ -312,12 +341,22 @@ fn table(input: &Input<'_>) -> String {
 /// The whole page.
 pub fn html(input: &Input<'_>) -> String {
     let total = input.samples.len();
+    let expected = if input.expected_failures > 0 {
+        format!(
+            " ({} answers were the expected 500s of a version released to fail them)",
+            input.expected_failures
+        )
+    } else {
+        String::new()
+    };
     let verdict = if input.passed {
-        "PASS: every step's observed share matched its configuration and no request failed."
-            .to_owned()
+        format!(
+            "PASS: every step's observed share matched its configuration, every ending was as \
+             required, and no request failed unexpectedly{expected}."
+        )
     } else {
         format!(
-            "FAIL: {} of {} checks matched; {} of {total} requests failed.",
+            "FAIL: {} of {} checks matched; {} of {total} requests failed unexpectedly{expected}.",
             input.checks.iter().filter(|c| c.matched()).count(),
             input.checks.len(),
             input.failures
@@ -352,7 +391,8 @@ answers that came from the version each story releases (solid), against the shar
 gateway was configured to send there (dashed), per group of clients. Shaded spans are the
 windows each step was judged on (red if it did not match): from the moment the gateway served
 the step until it was approved. A step matches when its configured share lies inside the
-99.9% Wilson interval of the observed one, from at least {MIN_REQUESTS} answers.</p>
+99.9% Wilson interval of the observed one, from at least {MIN_REQUESTS} answers. A red line
+marks a release rolled back by its metric analysis (hover for the failed check).</p>
 {}
 <ul class="legend">{legend}</ul>
 {}
@@ -378,6 +418,10 @@ mod tests {
             from_version: "v1".into(),
             new_version: "v2".into(),
             start: Duration::from_secs(1),
+            rollback: Some(Rollback {
+                at: Duration::from_secs(3),
+                reason: "success-rate 80.1% (threshold >= 95%)".into(),
+            }),
         }];
         let windows = vec![Window {
             story: 0,
@@ -387,6 +431,7 @@ mod tests {
             start: Duration::from_secs(2),
             end: Duration::from_secs(4),
             expected: vec![0.1; CLIENTS.len()],
+            requirement: None,
         }];
         let samples: Vec<Sample> = (0..4000u64)
             .map(|i| Sample {
@@ -395,7 +440,7 @@ mod tests {
                 answer: Answer::Version(if i % 10 == 3 { "v2" } else { "v1" }.into()),
             })
             .collect();
-        let checks = judge(&windows, &samples);
+        let checks = judge(&windows, &samples, &Default::default());
         let groups = [Group {
             name: "all",
             clients: &[0, 1, 2, 3],
@@ -416,10 +461,16 @@ mod tests {
             configured: &configured,
             duration: Duration::from_secs(4),
             failures: 0,
+            expected_failures: 0,
             passed: true,
         });
         assert_eq!(page.matches("class=\"step-window").count(), 1);
         assert!(page.contains("data-step=\"1/2\""));
+        assert_eq!(
+            page.matches("class=\"rollback\" data-story=\"1\"").count(),
+            1
+        );
+        assert!(page.contains("<title>success-rate 80.1% (threshold &gt;= 95%)</title>"));
         assert!(page.contains("canary &lt;release&gt;"), "escaped");
         assert!(page.contains("<svg") && page.contains("</svg>"));
         assert!(page.contains("PASS"));

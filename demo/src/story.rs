@@ -1,7 +1,7 @@
-//! What the demo plays, as data: the traffic's clients and the stories. A story is a seed
-//! Rollout, the image it releases and how it ends; everything else (steps, weights, matches,
-//! what each client should see) is read from the Rollout itself, so a story is added by adding
-//! an entry to [`STORIES`].
+//! What the demo plays, as data: the traffic's clients and the stories. A story is a Rollout
+//! (a seed scenario, or one of the demo's own), the image it releases and how it ends;
+//! everything else (steps, weights, matches, what each client should see) is read from the
+//! Rollout itself, so a story is added by adding an entry to [`STORIES`].
 
 use anyhow::{bail, Context as _, Result};
 use canary_core::{
@@ -60,34 +60,72 @@ pub const CHART_GROUPS: &[Group] = &[
 pub enum Ending {
     /// Every step approved, then full release: every client gets the new version.
     Released,
+    /// Nobody approves: the Rollout's metric analysis fails and aborts the release, and
+    /// every client gets the stable version again.
+    RolledBackByAnalysis,
+}
+
+/// Where a story's Rollout comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A seed scenario file (`../shared/scenarios`, or the controller's copies).
+    Seed,
+    /// One of the demo's own scenarios (`demo/scenarios/`), built in.
+    Demo(&'static str),
 }
 
 /// One release played end to end.
 #[derive(Debug, Clone, Copy)]
 pub struct Story {
     pub title: &'static str,
-    /// The seed scenario file holding the Rollout.
+    /// The scenario file holding the Rollout.
     pub rollout_file: &'static str,
+    pub source: Source,
     /// The image tag released (pods answer their tag).
     pub new_version: &'static str,
+    /// The share of requests the new version's pods answer with 500 (the sandbox's
+    /// `error-rate` knob, set in the pod template with the new image); such answers are
+    /// expected, not failures of the demo.
+    pub error_rate: Option<&'static str>,
     pub ending: Ending,
 }
 
-/// The seed's two stories, in order. Each starts from where the previous one left the app.
+/// The stories, in order. Each starts from where the previous one left the app.
 pub const STORIES: &[Story] = &[
     Story {
         title: "canary release",
         rollout_file: "rollout-canary.yaml",
+        source: Source::Seed,
         new_version: "v2",
+        error_rate: None,
         ending: Ending::Released,
     },
     Story {
         title: "A/B testing",
         rollout_file: "rollout-ab.yaml",
+        source: Source::Seed,
         new_version: "v3",
+        error_rate: None,
         ending: Ending::Released,
     },
+    Story {
+        title: "analysis rollback",
+        rollout_file: "rollout-analysis.yaml",
+        source: Source::Demo(include_str!("../scenarios/rollout-analysis.yaml")),
+        new_version: "v4",
+        error_rate: Some("0.2"),
+        ending: Ending::RolledBackByAnalysis,
+    },
 ];
+
+/// The versions whose pods answer 500 by design: their 500s are expected.
+pub fn faulty_versions() -> Vec<&'static str> {
+    STORIES
+        .iter()
+        .filter(|s| s.error_rate.is_some())
+        .map(|s| s.new_version)
+        .collect()
+}
 
 /// The Rollout of a scenario file (its only document).
 pub fn parse_rollout(yaml: &str) -> Result<Rollout> {
@@ -214,6 +252,26 @@ mod tests {
         assert_eq!(steps.len(), 1);
         assert_eq!(steps[0].config, "user-agent=android");
         assert_eq!(steps[0].expected, vec![1.0, 0.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn the_analysis_story_releases_automatically_with_a_success_rate_check() {
+        let Source::Demo(yaml) = STORIES[2].source else {
+            panic!("story 3 is the demo's own")
+        };
+        let rollout = parse_rollout(yaml).unwrap();
+        let steps = plan(&rollout, CLIENTS).unwrap();
+        assert_eq!(steps[0].config, "weight 20%");
+        assert!(steps.iter().all(|s| !s.needs_approval), "nobody approves");
+        let analysis = rollout
+            .spec
+            .strategy
+            .canary
+            .as_ref()
+            .and_then(|c| c.analysis.as_ref())
+            .expect("an analysis spec");
+        assert!(analysis.success_rate.is_some());
+        assert_eq!(faulty_versions(), vec!["v4"]);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sandbox::gateway::http;
+use sandbox::{gateway::http, sim::server::POD_NAME_HEADER};
 use tokio::{sync::watch, task::JoinHandle};
 
 use crate::story::Client;
@@ -31,15 +31,38 @@ pub struct Sample {
 pub enum Answer {
     /// 200, with the body: the tag of the image of the pod that answered.
     Version(String),
-    /// Anything else: a status other than 200, or a connection error.
+    /// A status other than 200 from a pod (named in the answer's pod-name header), with the
+    /// body.
+    Rejected {
+        status: u16,
+        pod: String,
+        body: String,
+    },
+    /// Anything else: a status other than 200 from the gateway itself, or a connection
+    /// error.
     Failed(String),
+}
+
+impl Answer {
+    pub fn failed(&self) -> bool {
+        !matches!(self, Answer::Version(_))
+    }
+
+    /// Why it failed, in a few words; empty for a version.
+    pub fn describe(&self) -> String {
+        match self {
+            Answer::Version(_) => String::new(),
+            Answer::Rejected { status, pod, body } => format!("{status} {body:?} from pod {pod}"),
+            Answer::Failed(why) => why.clone(),
+        }
+    }
 }
 
 impl Sample {
     pub fn version(&self) -> Option<&str> {
         match &self.answer {
             Answer::Version(v) => Some(v),
-            Answer::Failed(_) => None,
+            Answer::Rejected { .. } | Answer::Failed(_) => None,
         }
     }
 }
@@ -116,7 +139,14 @@ async fn request(
     };
     match client.get("/version", &[("user-agent", user_agent)]).await {
         Ok(reply) if reply.status == 200 => Answer::Version(reply.text()),
-        Ok(reply) => Answer::Failed(format!("{} {:?}", reply.status, reply.text())),
+        Ok(reply) => match reply.header(POD_NAME_HEADER) {
+            Some(pod) => Answer::Rejected {
+                status: reply.status,
+                pod: pod.to_owned(),
+                body: reply.text(),
+            },
+            None => Answer::Failed(format!("{} {:?}", reply.status, reply.text())),
+        },
         Err(e) => {
             *connection = None;
             Answer::Failed(format!("request: {e}"))

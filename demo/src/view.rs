@@ -41,7 +41,7 @@ impl Traffic {
     /// log is not rescanned every frame.
     pub fn of(samples: &[Sample], clients: usize, now: Duration, counted: &mut Counted) -> Self {
         for s in &samples[counted.upto.min(samples.len())..] {
-            counted.failures += u64::from(matches!(s.answer, Answer::Failed(_)));
+            counted.failures += u64::from(s.answer.failed());
         }
         counted.upto = samples.len();
         let mut traffic = Traffic {
@@ -65,7 +65,7 @@ impl Traffic {
                         *per.entry(v.clone()).or_default() += 1;
                     }
                 }
-                Answer::Failed(_) => traffic.recent_failures += 1,
+                Answer::Rejected { .. } | Answer::Failed(_) => traffic.recent_failures += 1,
             }
         }
         traffic
@@ -259,6 +259,17 @@ pub fn live_lines(
             shares(counts, color)
         ));
     }
+    if let Some(analysis) = state
+        .world
+        .rollout
+        .as_ref()
+        .and_then(|r| r.analysis.as_ref())
+    {
+        lines.push(format!("  analysis {}", analysis.summary));
+        for check in &analysis.checks {
+            lines.push(format!("           {check}"));
+        }
+    }
     if let Some(error) = &state.world.error {
         lines.push(format!("  (monitor: {error})"));
     }
@@ -282,9 +293,27 @@ pub fn status_line(
         rollout(state),
         format!("pods {}", pods(state, false)),
     ];
-    let key = format!("{} | {}", steady.join(" | "), state.activity.text);
+    let analysis = state
+        .world
+        .rollout
+        .as_ref()
+        .and_then(|r| r.analysis.as_ref());
+    // A new run (every few seconds) prints a line; its values alone do not.
+    let key = format!(
+        "{} | {} | {}",
+        steady.join(" | "),
+        state.activity.text,
+        analysis.map_or("", |a| a.summary.as_str())
+    );
     let mut parts = steady.to_vec();
     parts.push(activity(state, now));
+    if let Some(a) = analysis {
+        let mut text = format!("analysis {}", a.summary);
+        if !a.checks.is_empty() {
+            text.push_str(&format!(": {}", a.checks.join(", ")));
+        }
+        parts.push(text);
+    }
     if let Some(new) = state.story.as_ref().map(|s| s.new_version.as_str()) {
         let shares = clients
             .iter()
@@ -395,7 +424,7 @@ impl Screen {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::board::{RolloutView, StoryState, World};
+    use crate::board::{AnalysisView, RolloutView, StoryState, World};
     use crate::story::CLIENTS;
 
     fn counts(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
@@ -421,17 +450,25 @@ mod tests {
             from_version: "v1".into(),
             new_version: "v2".into(),
         });
-        board.set_world(World {
-            rollout: Some(RolloutView {
-                name: "rollouts-demo".into(),
-                phase: "Progressing".into(),
-                step: Some((2, 2)),
-                state: "StepPaused".into(),
-                config: "weight 30%".into(),
-            }),
-            pods: [("v1".to_owned(), (5, 5)), ("v2".to_owned(), (2, 2))].into(),
-            error: None,
-        });
+        board.set_world(
+            World {
+                rollout: Some(RolloutView {
+                    name: "rollouts-demo".into(),
+                    phase: "Progressing".into(),
+                    step: Some((2, 2)),
+                    state: "StepPaused".into(),
+                    config: "weight 30%".into(),
+                    analysis: Some(AnalysisView {
+                        summary: "step 2 Failing, 1 failed run in a row; 412 canary responses"
+                            .into(),
+                        checks: vec!["success-rate 80.1% (threshold >= 95%) Fail".into()],
+                    }),
+                }),
+                pods: [("v1".to_owned(), (5, 5)), ("v2".to_owned(), (2, 2))].into(),
+                error: None,
+            },
+            [],
+        );
         board.activity("approving step 2/2", None);
         let state = board.lock().clone();
         state
@@ -455,6 +492,8 @@ mod tests {
             "approving step 2/2 (0s)",
             "total 12,345 answers, 1 failed",
             "v1 70%  v2 30%",
+            "analysis step 2 Failing, 1 failed run in a row; 412 canary responses",
+            "success-rate 80.1% (threshold >= 95%) Fail",
             "x.log",
         ] {
             assert!(text.contains(want), "no {want:?} in\n{text}");
@@ -464,6 +503,10 @@ mod tests {
         assert!(key.contains("step 2/2  StepPaused  weight 30%"), "{key}");
         assert!(
             line.contains("v2 share last 2s: android 30% iphone 30%"),
+            "{line}"
+        );
+        assert!(
+            line.contains("1 failed run in a row; 412 canary responses: success-rate 80.1%"),
             "{line}"
         );
     }

@@ -1,6 +1,7 @@
 //! The demo as CI runs it: the built binary, stdout a pipe (so line output, not the live
-//! view), short steps. It must play both stories, judge every step as matching, exit 0 and
-//! write a report with a chart marking every judged window.
+//! view), short steps. It must play the three stories, judge every step as matching and the
+//! third release as rolled back by its analysis, count the faulty version's 500s as expected,
+//! exit 0 and write a report with a chart marking every judged window and the rollback.
 
 use std::{
     io::Read,
@@ -12,7 +13,7 @@ use std::{
 
 use anyhow::{bail, ensure, Context, Result};
 
-/// The demo takes about a minute; a slow, shared CI machine gets plenty more.
+/// The demo takes under a minute and a half; a slow, shared CI machine gets plenty more.
 const DEADLINE: Duration = Duration::from_secs(300);
 
 /// Reads a pipe to the end on a thread, so a chatty child never blocks on a full pipe.
@@ -52,7 +53,7 @@ fn wait(child: &mut Child) -> Result<ExitStatus> {
 }
 
 #[test]
-fn the_demo_plays_both_stories_every_step_matches_and_the_report_marks_each_window() -> Result<()> {
+fn the_demo_plays_every_story_every_step_matches_and_the_report_marks_each_window() -> Result<()> {
     let out = tempfile::tempdir()?;
     let mut child = Command::new(env!("CARGO_BIN_EXE_higress-canary-demo"))
         .args(["--step-seconds", "3", "--out-dir"])
@@ -79,9 +80,12 @@ fn the_demo_plays_both_stories_every_step_matches_and_the_report_marks_each_wind
         .split("summary:")
         .nth(1)
         .with_context(|| format!("no summary in\n{stdout}"))?;
+    // The table: the lines after its header, up to the first blank line.
     let rows: Vec<&str> = summary
         .lines()
-        .filter(|l| l.starts_with("canary release") || l.starts_with("A/B testing"))
+        .skip_while(|l| !l.starts_with("STORY"))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
         .collect();
     let expected_rows = [
         ("canary release", "1/2", "weight 10%", "10% v2"),
@@ -90,6 +94,12 @@ fn the_demo_plays_both_stories_every_step_matches_and_the_report_marks_each_wind
         ("A/B testing", "1/1", "user-agent=android", "100% v3"),
         ("A/B testing", "1/1", "user-agent=android", "0% v3"),
         ("A/B testing", "released", "no rule", "100% v3"),
+        (
+            "analysis rollback",
+            "rolled back",
+            "rolled back by analysis, traffic back to stable",
+            "0% v4",
+        ),
     ];
     ensure!(
         rows.len() == expected_rows.len(),
@@ -109,6 +119,25 @@ fn the_demo_plays_both_stories_every_step_matches_and_the_report_marks_each_wind
     ensure!(
         summary.contains(", 0 failed") && summary.contains("PASS"),
         "{summary}"
+    );
+    // The third release ended as required, and its version's 500s were seen and expected.
+    ensure!(
+        summary.lines().any(
+            |l| l.starts_with("analysis rollback rolled back: Succeeded=False")
+                && l.contains("Analysis=False (CheckFailed)")
+                && l.contains("success-rate")
+                && l.ends_with("(as required)")
+        ),
+        "no rollback by analysis in\n{summary}"
+    );
+    ensure!(
+        summary.contains("expected 500s from v4"),
+        "the faulty version's 500s were not counted: {summary}"
+    );
+    // The live lines showed the analysis' failing check.
+    ensure!(
+        stdout.contains("analysis step 1 Failed") && stdout.contains("(threshold >= 95%) Fail"),
+        "the live view never showed the failed analysis"
     );
 
     let report = out.path().join("report.html");
@@ -131,6 +160,7 @@ fn check_report(path: &Path) -> Result<()> {
         ("1", "released"),
         ("2", "1/1"),
         ("2", "released"),
+        ("3", "rolled back"),
     ];
     ensure!(
         page.matches("class=\"step-window").count() == windows.len(),
@@ -144,6 +174,11 @@ fn check_report(path: &Path) -> Result<()> {
     ensure!(
         !page.contains("step-window bad"),
         "a window marked as failed"
+    );
+    ensure!(
+        page.matches("class=\"rollback\"").count() == 1
+            && page.contains("class=\"rollback\" data-story=\"3\""),
+        "the rollback of story 3 is not marked once in the chart"
     );
     // Observed curves: one path per group of clients, with points.
     ensure!(page.matches("<title>observed").count() == 2);

@@ -1,6 +1,7 @@
-//! `cargo xtask demo`: installs what the demo needs (Rust targets, Envoy, kubectl, wasm-opt),
-//! builds the plugin into `dist/` and the `higress-canary` CLI, then runs the demo binary
-//! (`demo/`, package `canary-demo`) with the given arguments.
+//! `cargo xtask demo`: installs what the demo needs (Rust targets, Envoy, kubectl, wasm-opt,
+//! Prometheus for the story the metric analysis rolls back), builds the plugin into `dist/`
+//! and the `higress-canary` CLI, then runs the demo binary (`demo/`, package `canary-demo`)
+//! with the given arguments.
 
 use std::path::Path;
 
@@ -26,12 +27,13 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
     setup::rust_targets(root)?;
     let envoy = setup::envoy(root)?;
     let kubectl = setup::kubectl(root)?;
-    let wasm_opt: Vec<AptPackage> = setup::APT_PACKAGES
+    // wasm-opt for the plugin; Prometheus for the story the metric analysis rolls back.
+    let apt: Vec<AptPackage> = setup::APT_PACKAGES
         .iter()
-        .filter(|p| p.binary == "wasm-opt")
+        .filter(|p| p.binary == "wasm-opt" || p.binary == "prometheus")
         .copied()
         .collect();
-    setup::apt_packages(&wasm_opt)?;
+    setup::apt_packages(&apt)?;
     let plugin = wasm::plugin(root, &wasm::Args::default())?;
     println!("{plugin}");
 
@@ -54,13 +56,20 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
         .env("CANARY_PLUGIN_WASM", &plugin.wasm)
         .env("ENVOY_BIN", &envoy)
         .env("KUBECTL_BIN", &kubectl);
+    // Wherever apt put it (the demo looks in /usr/bin otherwise).
+    if let Some(prometheus) = cmd::which("prometheus") {
+        demo.env("PROMETHEUS_BIN", prometheus);
+    }
     println!("$ {}", describe(&demo));
     // Not `cmd::run`: the demo reads Enter from stdin with --interactive.
     let status = demo.status()?;
     match status.code() {
         Some(0) => Ok(()),
         Some(1) => {
-            bail!("a step did not match its configuration or a request failed (see the summary)")
+            bail!(
+                "a step did not match its configuration, a release did not end as required, or \
+                 a request failed (see the summary)"
+            )
         }
         _ => bail!("the demo failed ({status})"),
     }

@@ -1,7 +1,7 @@
 //! The sandbox the benchmark runs on, started part by part (as `sandbox::cluster::Cluster`
-//! does) so that each of its own clients carries a `User-Agent`. The controller's client sends
-//! none, so the API server's request log tells its requests apart from the simulator's, the
-//! gateway's and the benchmark's.
+//! does) so that each of its own clients carries a `User-Agent` of its own. Every other
+//! request in the API server's log is the controller's, whatever agent it sends (none, or its
+//! own).
 
 use std::{
     net::SocketAddr,
@@ -28,6 +28,8 @@ pub const NS: &str = "default";
 const SIMULATOR_AGENT: &str = "sandbox-simulator";
 const GATEWAY_AGENT: &str = "sandbox-gateway";
 const BENCH_AGENT: &str = "controller-bench";
+/// Every agent of the sandbox's and the benchmark's clients.
+const OWN_AGENTS: [&str; 3] = [SIMULATOR_AGENT, GATEWAY_AGENT, BENCH_AGENT];
 
 /// A running sandbox; dropping it stops Envoy, every pod server and the API server.
 pub struct Sandbox {
@@ -120,13 +122,14 @@ impl Sandbox {
         )
     }
 
-    /// Every request the API server answered that came from the controller.
+    /// Every request the API server answered that came from the controller, from the
+    /// `from`th request on.
     pub fn controller_requests(&self, from: usize) -> Vec<RequestRecord> {
         self.api
             .requests()
             .into_iter()
             .skip(from)
-            .filter(|r| r.user_agent.is_none())
+            .filter(|r| client_of(r) == CONTROLLER)
             .collect()
     }
 
@@ -222,6 +225,17 @@ impl Sandbox {
     }
 }
 
+/// How [`client_of`] names the controller.
+pub const CONTROLLER: &str = "the controller";
+
+/// Which client sent a request: one of the sandbox's or the benchmark's, else the controller.
+pub fn client_of(request: &RequestRecord) -> &str {
+    match request.user_agent.as_deref() {
+        Some(agent) if OWN_AGENTS.contains(&agent) => agent,
+        _ => CONTROLLER,
+    }
+}
+
 /// `rollouts.kruise.io/v1alpha1`, as a user without the controller's types sees it.
 pub fn rollout_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
@@ -237,4 +251,22 @@ fn tagged_client(api: &ApiServer, agent: &'static str) -> Result<Client> {
         .headers
         .push((USER_AGENT, HeaderValue::from_static(agent)));
     Client::try_from(config).context("building a kube client")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::requests::tests::record;
+
+    #[test]
+    fn requests_without_one_of_our_agents_are_the_controllers() {
+        let mut r = record("get", "rollouts", "", 200);
+        assert_eq!(client_of(&r), CONTROLLER);
+        r.user_agent = Some("higress-canary/0.1.0 (controller)".into());
+        assert_eq!(client_of(&r), CONTROLLER);
+        r.user_agent = Some(SIMULATOR_AGENT.into());
+        assert_eq!(client_of(&r), SIMULATOR_AGENT);
+        r.user_agent = Some(BENCH_AGENT.into());
+        assert_eq!(client_of(&r), BENCH_AGENT);
+    }
 }

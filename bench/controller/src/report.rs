@@ -484,9 +484,8 @@ fn method_markdown() -> String {
         "### Method\n\n\
          - The sandbox (API server, simulator, gateway bridge) runs inside the benchmark's \
          process, the controller (`higress-canary run`, release build) and Envoy as separate \
-         processes. The sandbox's own clients and the benchmark's send a `User-Agent`; the \
-         controller's kube client sends none, which is how its requests are picked out of the \
-         API server's request log. Leader election, where the binary has it, is off \
+         processes. The sandbox's own clients and the benchmark's send `User-Agent`s of their \
+         own; every other request in the API server's request log is the controller's. Leader election, where the binary has it, is off \
          (`--leader-elect=false`): one replica is measured.\n\
          - Approve → gateway: at each pause the benchmark reads the WasmPlugin, parses its \
          config with the plugin's own code (`canary_core`) and picks {keys} user ids that the \

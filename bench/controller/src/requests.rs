@@ -81,10 +81,15 @@ fn top(counts: &BTreeMap<String, usize>, n: usize) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn record(verb: &str, resource: &str, subresource: &str, status: u16) -> RequestRecord {
+    pub(crate) fn record(
+        verb: &str,
+        resource: &str,
+        subresource: &str,
+        status: u16,
+    ) -> RequestRecord {
         RequestRecord {
             method: "GET".into(),
             path: "/".into(),

@@ -411,8 +411,9 @@ async fn phase(
     let sandbox_cpu = process_cpu(std::process::id())?.saturating_sub(cpu_before.1);
     let mut requests_by_client = BTreeMap::new();
     for r in sandbox.api.requests().iter().skip(requests_from) {
-        let client = r.user_agent.as_deref().unwrap_or("higress-canary");
-        *requests_by_client.entry(client.to_owned()).or_default() += 1;
+        *requests_by_client
+            .entry(crate::cluster::client_of(r).to_owned())
+            .or_default() += 1;
     }
     Ok(Phase {
         wall,
