@@ -521,8 +521,11 @@ fn conclude(
     Ok((passed, summary))
 }
 
-/// The image tag the Rollout's Deployment runs now.
-async fn current_tag(cluster: &Cluster, rollout: &higress_canary::crd::Rollout) -> Result<String> {
+/// The Deployment the Rollout governs (its name and the object, read now).
+async fn governed_deployment(
+    cluster: &Cluster,
+    rollout: &higress_canary::crd::Rollout,
+) -> Result<(String, Deployment)> {
     let name = rollout
         .spec
         .object_ref
@@ -533,6 +536,12 @@ async fn current_tag(cluster: &Cluster, rollout: &higress_canary::crd::Rollout) 
     let deployment = Api::<Deployment>::namespaced(cluster.api.client(), NAMESPACE)
         .get(&name)
         .await?;
+    Ok((name, deployment))
+}
+
+/// The image tag the Rollout's Deployment runs now.
+async fn current_tag(cluster: &Cluster, rollout: &higress_canary::crd::Rollout) -> Result<String> {
+    let (_, deployment) = governed_deployment(cluster, rollout).await?;
     let image = deployment
         .spec
         .template
@@ -579,16 +588,7 @@ async fn explore_commands(
                 .clone()
                 .unwrap_or_else(|| canary_core::config::DEFAULT_OVERRIDE_HEADER.to_owned())
         });
-    let deployment_name = rollout
-        .spec
-        .object_ref
-        .workload_ref
-        .as_ref()
-        .map(|w| w.name.clone())
-        .context("the Rollout names no Deployment")?;
-    let deployment = Api::<Deployment>::namespaced(cluster.api.client(), NAMESPACE)
-        .get(&deployment_name)
-        .await?;
+    let (deployment_name, deployment) = governed_deployment(cluster, rollout).await?;
     let drop_template_annotation = deployment
         .spec
         .template
