@@ -312,12 +312,7 @@ impl StatusRow {
         let cs = rollout
             .canary_status()
             .filter(|_| status.is_some_and(|s| s.phase == Some(RolloutPhase::Progressing)));
-        let steps = rollout
-            .spec
-            .strategy
-            .canary
-            .as_ref()
-            .map_or(0, |c| c.steps.len());
+        let steps = rollout.step_count();
         let rule = rollout.plugin_rule();
         let pods = |d: Option<&Deployment>| match d {
             Some(d) => format!(

@@ -780,6 +780,15 @@ impl Rollout {
             .and_then(|c| c.higress.as_ref())
             .and_then(|h| h.rule.as_ref())
     }
+
+    /// How many canary steps the spec has (0 without a canary strategy).
+    pub fn step_count(&self) -> usize {
+        self.spec
+            .strategy
+            .canary
+            .as_ref()
+            .map_or(0, |c| c.steps.len())
+    }
 }
 
 impl RolloutStatus {

@@ -102,12 +102,7 @@ pub fn pods_per_version(pods: &[Pod]) -> BTreeMap<String, (u32, u32)> {
 
 fn view(rollout: &Rollout) -> RolloutView {
     let status = rollout.status.as_ref();
-    let steps = rollout
-        .spec
-        .strategy
-        .canary
-        .as_ref()
-        .map_or(0, |c| c.steps.len());
+    let steps = rollout.step_count();
     let canary = rollout.canary_status();
     RolloutView {
         name: rollout.metadata.name.clone().unwrap_or_default(),
