@@ -1,6 +1,6 @@
 //! The controller loop, in kube-runtime's shape: a [`Controller`] over all Rollouts, woken by
-//! changes to the Deployments, Services and Ingresses they name (stable and canary) and to the
-//! shared WasmPlugin; each [`reconcile`] reads the Rollout and its world fresh
+//! changes to the Deployments, Services and Ingresses they name (stable and canary), to other
+//! Rollouts naming the same Deployment or Ingress, and to the shared WasmPlugin; each [`reconcile`] reads the Rollout and its world fresh
 //! ([`crate::observe`]), calls the pure [`crate::step::plan`] and writes the plan
 //! ([`crate::apply`]); [`error_policy`] retries with a backoff chosen by error kind.
 //!
@@ -143,6 +143,9 @@ impl Context {
                 .collect(),
         };
         for (id, answer) in &answers {
+            self.settings
+                .metrics
+                .analysis_query(matches!(answer, Answer::Values(_)));
             match answer {
                 Answer::Values(values) => {
                     debug!(rollout = %key, query = %id, ?values, "analysis query answered")
@@ -215,7 +218,7 @@ async fn reconcile_fresh(cached: &Rollout, ctx: &Context, key: &str) -> Result<A
     if applied.released {
         ctx.settings.metrics.forget(key);
     } else {
-        ctx.settings.metrics.rollout(key, Some(&plan.status));
+        ctx.settings.metrics.rollout(&rollout, &plan.status);
     }
     let requeue = plan.requeue.unwrap_or(ctx.settings.resync);
     debug!(
@@ -290,6 +293,30 @@ fn mapper<K: ResourceExt>(
         let namespace = obj.namespace().unwrap_or_default();
         naming(&store, kind, &namespace, &obj.name_any())
     }
+}
+
+/// A change to a Rollout (also its deletion) wakes the other Rollouts in its namespace that
+/// name the same Deployment or Ingress: one of them may be held back by a `WorkloadConflict`
+/// or `RouteConflict` with it that has just ended. Nothing else of theirs changes then, so
+/// without this they would wait for the resync.
+fn sibling_mapper(
+    store: Store<Rollout>,
+) -> impl Fn(Rollout) -> Vec<ObjectRef<Rollout>> + Send + Sync + 'static {
+    move |changed: Rollout| siblings(&store.state(), &changed)
+}
+
+fn siblings(all: &[Arc<Rollout>], changed: &Rollout) -> Vec<ObjectRef<Rollout>> {
+    let mine = Names::of(changed);
+    let shares = |name: &Option<String>, other: &Option<String>| name.is_some() && name == other;
+    all.iter()
+        .filter(|r| r.namespace().as_deref() == Some(mine.namespace.as_str()))
+        .filter(|r| r.name_any() != mine.rollout)
+        .filter(|r| {
+            let theirs = Names::of(r);
+            shares(&mine.deployment, &theirs.deployment) || shares(&mine.ingress, &theirs.ingress)
+        })
+        .map(|r| ObjectRef::from_obj(r.as_ref()))
+        .collect()
 }
 
 /// A change to the shared WasmPlugin wakes the Rollouts whose rule the gateway does not
@@ -399,6 +426,11 @@ pub async fn run(
     );
     controller
         .watches(
+            Api::<Rollout>::all(client.clone()),
+            wc.clone(),
+            sibling_mapper(store.clone()),
+        )
+        .watches(
             Api::<Deployment>::all(client.clone()),
             wc.clone(),
             mapper::<Deployment>(store.clone(), Related::Deployment),
@@ -446,6 +478,43 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rollout(namespace: &str, name: &str, deployment: &str, ingress: &str) -> Arc<Rollout> {
+        let yaml = format!(
+            "apiVersion: rollouts.kruise.io/v1alpha1
+kind: Rollout
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  objectRef: {{workloadRef: {{apiVersion: apps/v1, kind: Deployment, name: {deployment}}}}}
+  strategy:
+    canary:
+      steps: [{{weight: 10}}]
+      trafficRoutings: [{{service: svc, ingress: {{name: {ingress}}}}}]
+"
+        );
+        Arc::new(serde_yaml::from_str(&yaml).expect("test Rollout"))
+    }
+
+    #[test]
+    fn a_rollout_change_wakes_the_rollouts_sharing_its_deployment_or_ingress() {
+        let all = [
+            rollout("a", "first", "web", "web"),
+            rollout("a", "same-deployment", "web", "other"),
+            rollout("a", "same-ingress", "api", "web"),
+            rollout("a", "unrelated", "api", "api"),
+            rollout("b", "other-namespace", "web", "web"),
+        ];
+        let woken: Vec<String> = siblings(&all, &all[0])
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(woken, ["same-deployment", "same-ingress"]);
+        let woken: Vec<String> = siblings(&all, &all[3])
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(woken, ["same-ingress"]);
+    }
 
     #[test]
     fn the_trigger_backoff_doubles_to_five_seconds_and_resets() {
