@@ -58,6 +58,9 @@ pub struct Tools {
     /// `<root>/.tools/bin` with `wasm-bindgen-test-runner`, or `None` when nothing in the
     /// workspace uses wasm-bindgen yet.
     pub wasm_bindgen_bin: Option<PathBuf>,
+    /// Directories to put in front of `PATH` for `cargo nextest` (empty when the machine's
+    /// own is used).
+    pub nextest_path: Vec<PathBuf>,
 }
 
 /// Runs every step.
@@ -66,11 +69,13 @@ pub fn all(root: &Path) -> Result<Tools> {
     let envoy = envoy(root)?;
     let kubectl = kubectl(root)?;
     let wasm_bindgen_bin = wasm_bindgen_cli(root)?;
+    let nextest_path = nextest(root)?;
     apt_packages(APT_PACKAGES)?;
     Ok(Tools {
         envoy,
         kubectl,
         wasm_bindgen_bin,
+        nextest_path,
     })
 }
 
@@ -270,6 +275,44 @@ pub fn wasm_bindgen_cli(root: &Path) -> Result<Option<PathBuf>> {
         );
         Ok((Outcome::Installed(version), Some(bin)))
     })
+}
+
+/// `cargo-nextest`, which runs the tests of all binaries side by side: the machine's own if it
+/// has one, else installed into `<root>/.tools` (once). Returns what to put in front of `PATH`.
+pub fn nextest(root: &Path) -> Result<Vec<PathBuf>> {
+    step("cargo-nextest", || {
+        let bin = root.join(".tools").join("bin");
+        let version = |path: &[PathBuf]| -> Result<Option<String>> {
+            let mut cmd = cargo(root);
+            cmd.args(["nextest", "--version"]);
+            if !path.is_empty() {
+                cmd.env("PATH", prepend_path(path)?);
+            }
+            Ok(probe(&mut cmd)?.and_then(|v| v.lines().next().map(str::to_owned)))
+        };
+        if let Some(v) = version(&[])? {
+            return Ok((Outcome::Ok(v), Vec::new()));
+        }
+        let local = vec![bin.clone()];
+        if let Some(v) = version(&local)? {
+            return Ok((Outcome::Ok(v), local));
+        }
+        run(cargo(root)
+            .args(["install", "--locked", "--root"])
+            .arg(root.join(".tools"))
+            .arg("cargo-nextest"))?;
+        let v = version(&local)?
+            .context("installed cargo-nextest but `cargo nextest --version` does not answer")?;
+        Ok((Outcome::Installed(v), local))
+    })
+}
+
+/// `PATH` with `dirs` in front.
+pub fn prepend_path(dirs: &[PathBuf]) -> Result<std::ffi::OsString> {
+    let old = std::env::var_os("PATH").unwrap_or_default();
+    Ok(std::env::join_paths(
+        dirs.iter().cloned().chain(std::env::split_paths(&old)),
+    )?)
 }
 
 fn wasm_bindgen_matches(bin: &Path, version: &str) -> Result<bool> {

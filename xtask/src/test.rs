@@ -1,7 +1,7 @@
 //! `cargo xtask test`: what CI runs. Each step prints its command and duration; the first
 //! failure stops the run with an error naming the step.
 
-use std::{env, ffi::OsString, path::Path, process::Command, time::Instant};
+use std::{path::Path, process::Command, time::Instant};
 
 use anyhow::{Context, Result};
 
@@ -70,29 +70,36 @@ pub fn run(root: &Path) -> Result<()> {
     })?;
 
     // The two cdylib filters only make sense for wasm; natively they would not even link.
+    // nextest runs the tests of all binaries side by side (`.config/nextest.toml`): the
+    // end-to-end ones mostly wait on processes and timers, and one after another they took
+    // twice as long.
+    let workspace = [
+        "--workspace",
+        "--exclude",
+        "canary-filter",
+        "--exclude",
+        "noop-filter",
+    ];
     let mut tests = cargo(root);
     tests
-        .args([
-            "test",
-            "--workspace",
-            "--exclude",
-            "canary-filter",
-            "--exclude",
-            "noop-filter",
-        ])
+        .args(["nextest", "run", "--no-tests=warn"])
+        .args(workspace)
         .env("CANARY_PLUGIN_WASM", &plugin.wasm)
         .env("NOOP_FILTER_WASM", &noop)
         .env("ENVOY_BIN", &tools.envoy)
         .env("KUBECTL_BIN", &tools.kubectl);
+    if !tools.nextest_path.is_empty() {
+        tests.env("PATH", setup::prepend_path(&tools.nextest_path)?);
+    }
     steps.command("tests", &mut tests)?;
+    // nextest does not run doctests.
+    let mut doctests = cargo(root);
+    doctests.args(["test", "--doc"]).args(workspace);
+    steps.command("doctests", &mut doctests)?;
 
     match &tools.wasm_bindgen_bin {
         Some(bin) => {
-            let mut path = OsString::from(bin);
-            if let Some(old) = env::var_os("PATH") {
-                path.push(":");
-                path.push(old);
-            }
+            let path = setup::prepend_path(std::slice::from_ref(bin))?;
             // `--tests`: doctests cannot run under wasm-bindgen-test-runner (they "pass" without
             // running), and they already ran natively above.
             let mut core = cargo(root);
