@@ -80,7 +80,7 @@ pub enum Error {
     },
     /// The controller's settings cannot be used (returned by `run` before it starts).
     #[error(transparent)]
-    PrometheusUrl(#[from] prometheus::UrlError),
+    Prometheus(#[from] prometheus::ConfigError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -113,7 +113,7 @@ impl Error {
             } => "api_error",
             Error::Kube { .. } => "transport",
             Error::Encode { .. } => "encode",
-            Error::PrometheusUrl(_) => "config",
+            Error::Prometheus(_) => "config",
         }
     }
 
@@ -128,7 +128,7 @@ impl Error {
         match self {
             Error::Conflict { .. } => exp(50, 2_000),
             Error::Kube { .. } => exp(500, 60_000),
-            Error::Encode { .. } | Error::PrometheusUrl(_) => Duration::from_secs(300),
+            Error::Encode { .. } | Error::Prometheus(_) => Duration::from_secs(300),
         }
     }
 }

@@ -24,6 +24,7 @@ use higress_canary::{
     },
     metrics::Metrics,
     offline::{render, RenderOptions},
+    prometheus::Endpoint,
     reconcile::{Settings, FIELD_MANAGER},
     render::{PluginRef, DEFAULT_PLUGIN_NAME, DEFAULT_PLUGIN_NAMESPACE},
 };
@@ -117,10 +118,22 @@ struct RunArgs {
     #[arg(long, default_value_t = 16)]
     concurrency: u16,
     /// The Prometheus that Rollouts with `analysis` are checked against
-    /// (`http://host:port[/prefix]`, e.g. http://prometheus-server.monitoring). Without it,
-    /// steps with analysis never pass (their status says why).
+    /// (`http(s)://host:port[/prefix]`, e.g. http://prometheus-server.monitoring). Without
+    /// it, steps with analysis never pass (their status says why).
     #[arg(long)]
     prometheus_url: Option<String>,
+    /// PEM file of the CA(s) that signed an https Prometheus's certificate, trusted besides
+    /// the system's CAs (the controller image has none).
+    #[arg(long, requires = "prometheus_url")]
+    prometheus_ca_file: Option<PathBuf>,
+    /// File holding a bearer token for Prometheus (e.g. a projected ServiceAccount token);
+    /// read at every query, so a rotated token is picked up.
+    #[arg(long, requires = "prometheus_url")]
+    prometheus_bearer_token_file: Option<PathBuf>,
+    /// Extra header on Prometheus queries, `Name: value` (e.g. `X-Scope-OrgID: team-a` for
+    /// Mimir, Cortex or Thanos tenants); repeatable.
+    #[arg(long = "prometheus-header", requires = "prometheus_url")]
+    prometheus_headers: Vec<String>,
     /// This replica's name in Events (default: the POD_NAME environment variable) and, with a
     /// random suffix, its leader-election identity (default: POD_NAME, else the host name).
     #[arg(long)]
@@ -362,9 +375,15 @@ async fn run_controller(args: RunArgs) -> Result<()> {
             hostname(),
         )
     });
-    if let Some(url) = &args.prometheus_url {
+    let prometheus = args.prometheus_url.clone().map(|url| Endpoint {
+        url,
+        ca_file: args.prometheus_ca_file.clone(),
+        bearer_token_file: args.prometheus_bearer_token_file.clone(),
+        headers: args.prometheus_headers.clone(),
+    });
+    if let Some(endpoint) = &prometheus {
         // Checked before anything starts; `run` would report it only after connecting.
-        higress_canary::prometheus::Prometheus::new(url)?;
+        higress_canary::prometheus::Prometheus::new(endpoint)?;
     }
     let client = client(args.kubeconfig.as_deref(), Role::Controller).await?;
     let metrics = Arc::new(Metrics::default());
@@ -378,7 +397,7 @@ async fn run_controller(args: RunArgs) -> Result<()> {
         concurrency: args.concurrency,
         instance: args.instance.or_else(|| std::env::var("POD_NAME").ok()),
         metrics: metrics.clone(),
-        prometheus_url: args.prometheus_url,
+        prometheus,
         ..Settings::default()
     };
     let (stop_controller, controller_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -522,6 +541,38 @@ mod tests {
                 .as_deref(),
             Some("http://prometheus:9090")
         );
+        let args = run_args(&[
+            "--prometheus-url",
+            "https://thanos-querier.monitoring:9091",
+            "--prometheus-ca-file",
+            "/etc/prometheus-ca/ca.crt",
+            "--prometheus-bearer-token-file",
+            "/var/run/secrets/tokens/prometheus",
+            "--prometheus-header",
+            "X-Scope-OrgID: team-a",
+            "--prometheus-header",
+            "X-Other: b",
+        ]);
+        assert_eq!(
+            args.prometheus_ca_file.as_deref(),
+            Some(Path::new("/etc/prometheus-ca/ca.crt"))
+        );
+        assert_eq!(
+            args.prometheus_bearer_token_file.as_deref(),
+            Some(Path::new("/var/run/secrets/tokens/prometheus"))
+        );
+        assert_eq!(
+            args.prometheus_headers,
+            ["X-Scope-OrgID: team-a", "X-Other: b"]
+        );
+        // Credentials without a URL are a mistake, not something to ignore.
+        assert!(Cli::try_parse_from([
+            "higress-canary",
+            "run",
+            "--prometheus-bearer-token-file",
+            "/t"
+        ])
+        .is_err());
     }
 
     #[test]

@@ -3,16 +3,32 @@
 //! 5xx. Whatever is not a successful answer becomes an [`Answer::Error`] carrying what went
 //! wrong, never a value: the analysis treats it as "no verdict".
 //!
-//! Plain `http://` only (an in-cluster Prometheus Service, or a local proxy in front of one):
-//! the client is hyper-util's, already in the dependency tree through kube, without TLS.
+//! `http://` or `https://` (rustls; the system's CAs plus an optional CA file), with an
+//! optional bearer token read from a file at every query (a projected ServiceAccount token
+//! rotates) and extra headers (a tenant header for Thanos, Mimir or Cortex). The client is
+//! hyper-util's with hyper-rustls, both already in the dependency tree through kube.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::{body::Bytes, header, Method, Request, StatusCode, Uri};
+use hyper::{
+    body::Bytes,
+    header::{self, HeaderName, HeaderValue},
+    Method, Request, StatusCode, Uri,
+};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::TokioExecutor,
+};
+use rustls::{
+    pki_types::{pem::PemObject, CertificateDer},
+    ClientConfig, RootCertStore,
 };
 use serde::Deserialize;
 use tracing::debug;
@@ -28,12 +44,40 @@ pub const DEFAULT_BACKOFF: Duration = Duration::from_millis(250);
 /// Answers larger than this are refused (an instant query of one value is a few hundred bytes).
 const MAX_ANSWER_BYTES: usize = 4 << 20;
 
-/// A `--prometheus-url` that cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("--prometheus-url {url:?}: {reason}")]
-pub struct UrlError {
+/// Where the analysis' Prometheus is and how to reach it: the `--prometheus-*` flags.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `http(s)://host:port[/prefix]`.
     pub url: String,
-    pub reason: String,
+    /// A PEM file of CA certificates trusted for `https://`, besides the system's.
+    pub ca_file: Option<PathBuf>,
+    /// A file whose content is sent as `Authorization: Bearer <token>`; read at every query.
+    pub bearer_token_file: Option<PathBuf>,
+    /// Extra request headers, each `Name: value` (e.g. `X-Scope-OrgID: team-a`).
+    pub headers: Vec<String>,
+}
+
+impl Endpoint {
+    /// Just a URL: no CA file, token or headers.
+    pub fn url(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            ..Self::default()
+        }
+    }
+}
+
+/// `--prometheus-*` settings that cannot be used; each names its flag and what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--prometheus-url {url:?}: {reason}")]
+    Url { url: String, reason: String },
+    #[error("--prometheus-ca-file {}: {reason}", path.display())]
+    CaFile { path: PathBuf, reason: String },
+    #[error("--prometheus-bearer-token-file {}: {reason}", path.display())]
+    TokenFile { path: PathBuf, reason: String },
+    #[error("--prometheus-header {header:?}: {reason}")]
+    Header { header: String, reason: String },
 }
 
 /// A Prometheus server's HTTP API.
@@ -41,7 +85,9 @@ pub struct UrlError {
 pub struct Prometheus {
     /// The base URL without a trailing `/` (it may carry a path prefix).
     base: String,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    bearer_token_file: Option<PathBuf>,
+    headers: Arc<Vec<(HeaderName, HeaderValue)>>,
     timeout: Duration,
     attempts: u32,
     backoff: Duration,
@@ -51,6 +97,11 @@ impl std::fmt::Debug for Prometheus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Prometheus")
             .field("base", &self.base)
+            .field("bearer_token_file", &self.bearer_token_file)
+            .field(
+                "headers",
+                &self.headers.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
             .field("timeout", &self.timeout)
             .field("attempts", &self.attempts)
             .finish()
@@ -80,10 +131,12 @@ impl Failure {
 }
 
 impl Prometheus {
-    /// A client of the Prometheus at `url` (`http://host:port[/prefix]`), with the default
-    /// timeout, attempts and backoff.
-    pub fn new(url: &str) -> Result<Self, UrlError> {
-        let invalid = |reason: &str| UrlError {
+    /// A client of the Prometheus at `endpoint`, with the default timeout, attempts and
+    /// backoff. Checks everything it can before the first query: the URL, the CA file, that
+    /// the token file is readable, the headers.
+    pub fn new(endpoint: &Endpoint) -> Result<Self, ConfigError> {
+        let url = endpoint.url.as_str();
+        let invalid = |reason: &str| ConfigError::Url {
             url: url.to_owned(),
             reason: reason.to_owned(),
         };
@@ -91,30 +144,50 @@ impl Prometheus {
         let uri: Uri = base
             .parse()
             .map_err(|e| invalid(&format!("not a URL ({e})")))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => {
                 return Err(invalid(
-                    "https is not supported; use the in-cluster http:// Service of Prometheus \
-                     or a local proxy",
+                    "give an http:// or https:// URL, e.g. http://prometheus:9090",
                 ))
             }
-            _ => return Err(invalid("give an http:// URL, e.g. http://prometheus:9090")),
-        }
+        };
         if uri.authority().is_none() {
             return Err(invalid("no host; e.g. http://prometheus:9090"));
         }
         if uri.query().is_some() {
             return Err(invalid("remove the query string"));
         }
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(DEFAULT_TIMEOUT));
+        let tls = tls_config(url, endpoint.ca_file.as_deref(), https)?;
+        if let Some(path) = &endpoint.bearer_token_file {
+            read_token(path).map_err(|reason| ConfigError::TokenFile {
+                path: path.clone(),
+                reason,
+            })?;
+        }
+        let headers = endpoint
+            .headers
+            .iter()
+            .map(|h| parse_header(h))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(DEFAULT_TIMEOUT));
+        http.enforce_http(false);
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
         Ok(Self {
             base,
             client,
+            bearer_token_file: endpoint.bearer_token_file.clone(),
+            headers: Arc::new(headers),
             timeout: DEFAULT_TIMEOUT,
             attempts: DEFAULT_ATTEMPTS,
             backoff: DEFAULT_BACKOFF,
@@ -172,11 +245,29 @@ impl Prometheus {
         let body = form_urlencoded::Serializer::new(String::new())
             .append_pair("query", promql)
             .finish();
-        let request = Request::builder()
+        let mut request = Request::builder()
             .method(Method::POST)
             .uri(format!("{}/api/v1/query", self.base))
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .header(header::ACCEPT, "application/json")
+            .header(header::ACCEPT, "application/json");
+        for (name, value) in self.headers.iter() {
+            request = request.header(name, value);
+        }
+        if let Some(path) = &self.bearer_token_file {
+            // Read every time: a projected token is replaced on disk before it expires.
+            let token = read_token(path).map_err(|reason| {
+                Failure::permanent(format!("bearer token file {}: {reason}", path.display()))
+            })?;
+            let mut value = HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| {
+                Failure::permanent(format!(
+                    "bearer token file {}: the token is not a valid header value",
+                    path.display()
+                ))
+            })?;
+            value.set_sensitive(true);
+            request = request.header(header::AUTHORIZATION, value);
+        }
+        let request = request
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| Failure::permanent(format!("building the request: {e}")))?;
         let response = self
@@ -216,6 +307,83 @@ impl Prometheus {
             }),
         }
     }
+}
+
+/// The TLS settings: the system's CAs plus those of `ca_file`. For `https://` there must be
+/// at least one (a minimal image has no system CAs: give the CA file).
+fn tls_config(url: &str, ca_file: Option<&Path>, https: bool) -> Result<ClientConfig, ConfigError> {
+    let mut roots = RootCertStore::empty();
+    // Unreadable system certificates are skipped, as a browser would.
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    if let Some(path) = ca_file {
+        let ca_error = |reason: String| ConfigError::CaFile {
+            path: path.to_owned(),
+            reason,
+        };
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| ca_error(format!("cannot read it ({e})")))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ca_error(format!("not a PEM certificate file ({e})")))?;
+        if certs.is_empty() {
+            return Err(ca_error(
+                "no certificate in it; give a PEM file with BEGIN CERTIFICATE blocks".to_owned(),
+            ));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| ca_error(format!("a certificate cannot be used ({e})")))?;
+        }
+    }
+    if https && roots.is_empty() {
+        return Err(no_roots(url));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConfigError::Url {
+            url: url.to_owned(),
+            reason: format!("TLS setup failed ({e})"),
+        })?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+fn no_roots(url: &str) -> ConfigError {
+    ConfigError::Url {
+        url: url.to_owned(),
+        reason: "https:// but this system has no CA certificates; give the CA that signed \
+                 Prometheus's certificate with --prometheus-ca-file"
+            .to_owned(),
+    }
+}
+
+/// The token in `path`, trimmed; an error in words if there is none.
+fn read_token(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read it ({e})"))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err("it is empty".to_owned());
+    }
+    Ok(token.to_owned())
+}
+
+/// `Name: value` as a header.
+fn parse_header(header: &str) -> Result<(HeaderName, HeaderValue), ConfigError> {
+    let invalid = |reason: &str| ConfigError::Header {
+        header: header.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let (name, value) = header
+        .split_once(':')
+        .ok_or_else(|| invalid("give `Name: value`, e.g. `X-Scope-OrgID: team-a`"))?;
+    let name = HeaderName::try_from(name.trim()).map_err(|_| invalid("not a valid header name"))?;
+    let mut value =
+        HeaderValue::try_from(value.trim()).map_err(|_| invalid("not a valid header value"))?;
+    if name == header::AUTHORIZATION {
+        value.set_sensitive(true);
+    }
+    Ok((name, value))
 }
 
 /// An error and its causes on one line ("client error (Connect): tcp connect error: ...").
@@ -317,27 +485,24 @@ mod tests {
     }
 
     #[test]
-    fn only_http_urls_with_a_host_are_accepted() {
+    fn only_http_and_https_urls_with_a_host_are_accepted() {
         assert_eq!(
-            Prometheus::new("http://prometheus:9090/")
+            Prometheus::new(&Endpoint::url("http://prometheus:9090/"))
                 .expect("valid")
                 .url(),
             "http://prometheus:9090"
         );
         assert_eq!(
-            Prometheus::new("http://127.0.0.1:9090/prom")
+            Prometheus::new(&Endpoint::url("http://127.0.0.1:9090/prom"))
                 .expect("valid")
                 .url(),
             "http://127.0.0.1:9090/prom"
         );
-        for bad in [
-            "prometheus:9090",
-            "https://p:9090",
-            "http://p:9090/?x=1",
-            "",
-            "ftp://p",
-        ] {
-            assert!(Prometheus::new(bad).is_err(), "{bad:?} was accepted");
+        for bad in ["prometheus:9090", "http://p:9090/?x=1", "", "ftp://p"] {
+            assert!(
+                Prometheus::new(&Endpoint::url(bad)).is_err(),
+                "{bad:?} was accepted"
+            );
         }
     }
 
@@ -394,11 +559,9 @@ mod tests {
             (200, OK),
         ])
         .await;
-        let prometheus = Prometheus::new(&url).expect("valid").with_retries(
-            Duration::from_secs(2),
-            3,
-            Duration::from_millis(10),
-        );
+        let prometheus = Prometheus::new(&Endpoint::url(&url))
+            .expect("valid")
+            .with_retries(Duration::from_secs(2), 3, Duration::from_millis(10));
         let query = r#"sum(rate(x{rollout="default/demo"}[30s]))"#;
         assert_eq!(prometheus.query(query).await, Answer::Values(vec![0.5]));
         assert_eq!(*received.lock().expect("log"), [query, query]);
@@ -411,11 +574,9 @@ mod tests {
             r#"{"status":"error","errorType":"bad_data","error":"parse error at char 5"}"#,
         )])
         .await;
-        let prometheus = Prometheus::new(&url).expect("valid").with_retries(
-            Duration::from_secs(2),
-            3,
-            Duration::from_millis(10),
-        );
+        let prometheus = Prometheus::new(&Endpoint::url(&url))
+            .expect("valid")
+            .with_retries(Duration::from_secs(2), 3, Duration::from_millis(10));
         let Answer::Error(message) = prometheus.query("sum(").await else {
             panic!("a bad query gave values");
         };
@@ -427,11 +588,9 @@ mod tests {
 
         // Not Prometheus at all (a proxy's error page): an error after the retries.
         let (url, _) = fake(vec![(502, "<html>Bad Gateway</html>")]).await;
-        let prometheus = Prometheus::new(&url).expect("valid").with_retries(
-            Duration::from_secs(2),
-            2,
-            Duration::from_millis(10),
-        );
+        let prometheus = Prometheus::new(&Endpoint::url(&url))
+            .expect("valid")
+            .with_retries(Duration::from_secs(2), 2, Duration::from_millis(10));
         let Answer::Error(message) = prometheus.query("up").await else {
             panic!("an error page gave values");
         };
@@ -446,7 +605,7 @@ mod tests {
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let prometheus = Prometheus::new(&format!("http://127.0.0.1:{port}"))
+        let prometheus = Prometheus::new(&Endpoint::url(format!("http://127.0.0.1:{port}")))
             .expect("valid")
             .with_retries(Duration::from_secs(1), 2, Duration::from_millis(10));
         let Answer::Error(message) = prometheus.query("up").await else {
@@ -454,5 +613,97 @@ mod tests {
         };
         assert!(message.contains(&format!("127.0.0.1:{port}")), "{message}");
         assert!(message.contains("2 attempts"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn the_bearer_token_is_read_at_every_query_and_headers_are_sent() {
+        use std::sync::{Arc, Mutex};
+        type Seen = Arc<Mutex<Vec<(Option<String>, Option<String>)>>>;
+        let seen: Seen = Arc::default();
+        let log = seen.clone();
+        let app = axum::Router::new().route(
+            "/api/v1/query",
+            axum::routing::post(move |headers: axum::http::HeaderMap| {
+                let log = log.clone();
+                async move {
+                    let get = |name: &str| {
+                        headers
+                            .get(name)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned)
+                    };
+                    log.lock()
+                        .expect("the log")
+                        .push((get("authorization"), get("x-scope-orgid")));
+                    OK
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port");
+        let url = format!("http://{}", listener.local_addr().expect("an address"));
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let token = dir.path().join("token");
+        std::fs::write(&token, "first\n").expect("the token file");
+        let endpoint = Endpoint {
+            bearer_token_file: Some(token.clone()),
+            headers: vec!["X-Scope-OrgID: team-a".to_owned()],
+            ..Endpoint::url(&url)
+        };
+        let prometheus = Prometheus::new(&endpoint).expect("valid").with_retries(
+            Duration::from_secs(2),
+            3,
+            Duration::from_millis(10),
+        );
+        assert_eq!(prometheus.query("up").await, Answer::Values(vec![0.5]));
+        // Rotated on disk: the next query sends the new one.
+        std::fs::write(&token, "second").expect("the token file");
+        assert_eq!(prometheus.query("up").await, Answer::Values(vec![0.5]));
+        let team = Some("team-a".to_owned());
+        assert_eq!(
+            *seen.lock().expect("the log"),
+            [
+                (Some("Bearer first".to_owned()), team.clone()),
+                (Some("Bearer second".to_owned()), team),
+            ]
+        );
+        assert!(
+            !format!("{prometheus:?}").contains("team-a"),
+            "header values are not logged"
+        );
+
+        // Gone after the start: an error naming the file, not retried.
+        std::fs::remove_file(&token).expect("removing the token");
+        let Answer::Error(message) = prometheus.query("up").await else {
+            panic!("a query without its token gave values");
+        };
+        assert!(message.contains("bearer token file"), "{message}");
+        assert_eq!(
+            seen.lock().expect("the log").len(),
+            2,
+            "sent without a token"
+        );
+
+        // Checked at the start: a missing token file, a header without a colon.
+        assert!(matches!(
+            Prometheus::new(&endpoint),
+            Err(ConfigError::TokenFile { .. })
+        ));
+        let bad_header = Endpoint {
+            headers: vec!["X-Scope-OrgID team-a".to_owned()],
+            ..Endpoint::url(&url)
+        };
+        let error = Prometheus::new(&bad_header).expect_err("a header without a colon");
+        assert!(
+            error
+                .to_string()
+                .starts_with("--prometheus-header \"X-Scope-OrgID team-a\": give `Name: value`"),
+            "{error}"
+        );
     }
 }

@@ -36,7 +36,7 @@ use crate::{
     crd::Rollout,
     metrics::{rollout_key, Metrics},
     observe::{observe, wasm_plugin_api, wasm_plugin_resource},
-    prometheus::Prometheus,
+    prometheus::{self, Prometheus},
     render::{self, PluginRef},
     step,
     validate::Names,
@@ -64,9 +64,9 @@ pub struct Settings {
     pub metrics: Arc<Metrics>,
     /// Look at every Rollout at least this often.
     pub resync: Duration,
-    /// The Prometheus the metric analysis queries (`http://host:port`). Without it, steps
-    /// with analysis get no verdict (reported in their status) and never pass.
-    pub prometheus_url: Option<String>,
+    /// The Prometheus the metric analysis queries. Without it, steps with analysis get no
+    /// verdict (reported in their status) and never pass.
+    pub prometheus: Option<prometheus::Endpoint>,
 }
 
 impl Default for Settings {
@@ -78,7 +78,7 @@ impl Default for Settings {
             instance: None,
             metrics: Arc::default(),
             resync: DEFAULT_RESYNC,
-            prometheus_url: None,
+            prometheus: None,
         }
     }
 }
@@ -95,18 +95,18 @@ pub struct Context {
     pub rollouts: Store<Rollout>,
     /// Serialized, coalesced writes of the shared WasmPlugin.
     pub plugin: PluginSync,
-    /// The metric analysis' Prometheus, from [`Settings::prometheus_url`].
+    /// The metric analysis' Prometheus, from [`Settings::prometheus`].
     pub prometheus: Option<Prometheus>,
     /// Consecutive failures per Rollout, for the backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
-    /// Fails only on an unusable [`Settings::prometheus_url`].
+    /// Fails only on unusable [`Settings::prometheus`] settings.
     pub fn new(client: Client, settings: Settings, rollouts: Store<Rollout>) -> Result<Self> {
         let prometheus = settings
-            .prometheus_url
-            .as_deref()
+            .prometheus
+            .as_ref()
             .map(Prometheus::new)
             .transpose()?;
         let recorder = Recorder::new(

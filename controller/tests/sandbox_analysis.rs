@@ -12,9 +12,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _, Result};
 use common::{event_reasons, events, expect_order, phase, run_test, Harness, Traffic};
-use higress_canary::crd::{AnalysisPhase, AnalysisStatus, CheckVerdict, Rollout, StepState};
+use higress_canary::{
+    analysis::Answer,
+    crd::{AnalysisPhase, AnalysisStatus, CheckVerdict, Rollout, StepState},
+    prometheus::{Endpoint, Prometheus as PrometheusClient},
+};
 use kube::api::{Patch, PatchParams};
-use sandbox::{gateway::http, prometheus::Prometheus};
+use sandbox::{
+    gateway::http,
+    prometheus::{Prometheus, Tls},
+};
 use serde_json::{json, Value};
 
 const NAME: &str = "rollouts-demo";
@@ -59,7 +66,7 @@ async fn start(rollout_yaml: &str) -> Result<(Harness, Prometheus)> {
     let mut h = Harness::start().await?;
     let prometheus = Prometheus::start(&[h.cluster.gateway.admin_addr()]).await?;
     prometheus.wait_scraped(Duration::from_secs(30)).await?;
-    h.settings.prometheus_url = Some(prometheus.url());
+    h.settings.prometheus = Some(Endpoint::url(prometheus.url()));
     h.start_controller();
     h.adopt(rollout_yaml, NAME).await?;
     Ok((h, prometheus))
@@ -485,6 +492,92 @@ fn an_idle_canary_is_not_promoted() -> Result<()> {
         h.until_all(&[], "v1").await?;
         drop(prometheus);
         h.stop_controller().await?;
+        Ok(())
+    })
+}
+
+/// A CA and a certificate it signed for 127.0.0.1, written as PEM files into `dir`: the CA
+/// file and the server's [`Tls`].
+fn certificates(dir: &std::path::Path) -> Result<(std::path::PathBuf, Tls)> {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "higress-canary test CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
+    let server_key = KeyPair::generate()?;
+    let server =
+        CertificateParams::new(vec!["127.0.0.1".to_owned()])?.signed_by(&server_key, &ca)?;
+    let ca_file = dir.join("ca.pem");
+    let tls = Tls {
+        cert_file: dir.join("server.pem"),
+        key_file: dir.join("server-key.pem"),
+    };
+    std::fs::write(&ca_file, ca.pem())?;
+    std::fs::write(&tls.cert_file, server.pem())?;
+    std::fs::write(&tls.key_file, server_key.serialize_pem())?;
+    Ok((ca_file, tls))
+}
+
+/// A Prometheus serving https only: the controller's client reaches it with the CA given by
+/// `--prometheus-ca-file`, and refuses it without (the certificate's CA is not the system's).
+#[test]
+fn an_https_prometheus_is_queried_with_the_ca_file_and_refused_without() -> Result<()> {
+    run_test(|| async {
+        let dir = tempfile::tempdir()?;
+        let (ca_file, tls) = certificates(dir.path())?;
+        // Nothing to scrape: the test asks for a constant.
+        let prometheus = Prometheus::start_tls(&[], &tls).await?;
+        let url = prometheus.url();
+        ensure!(url.starts_with("https://"), "{url}");
+
+        let trusting = PrometheusClient::new(&Endpoint {
+            ca_file: Some(ca_file.clone()),
+            ..Endpoint::url(&url)
+        })?;
+        // Until Prometheus is ready it answers 503 (an error, retried); then the value.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match trusting.query("vector(42)").await {
+                Answer::Values(values) => {
+                    ensure!(values == [42.0], "{values:?}");
+                    break;
+                }
+                Answer::Error(e) if Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "Prometheus not ready yet");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Answer::Error(e) => anyhow::bail!("no answer over https: {e}"),
+            }
+        }
+
+        let distrusting = PrometheusClient::new(&Endpoint::url(&url))?.with_retries(
+            Duration::from_secs(2),
+            1,
+            Duration::from_millis(10),
+        );
+        let Answer::Error(message) = distrusting.query("vector(42)").await else {
+            anyhow::bail!("an untrusted certificate was accepted");
+        };
+        ensure!(
+            message.contains("certificate") && message.contains("UnknownIssuer"),
+            "{message}"
+        );
+
+        // A CA file that is not one is refused at the start, naming the flag.
+        let not_pem = dir.path().join("not-a-ca.pem");
+        std::fs::write(&not_pem, "hello")?;
+        let refused = PrometheusClient::new(&Endpoint {
+            ca_file: Some(not_pem),
+            ..Endpoint::url(&url)
+        })
+        .expect_err("a file without certificates was accepted");
+        ensure!(
+            refused.to_string().starts_with("--prometheus-ca-file ")
+                && refused.to_string().contains("no certificate in it"),
+            "{refused}"
+        );
         Ok(())
     })
 }

@@ -196,7 +196,7 @@ impl Controller {
         let settings = Settings {
             plugin,
             metrics,
-            prometheus_url: Some(prometheus_url),
+            prometheus: Some(higress_canary::prometheus::Endpoint::url(prometheus_url)),
             ..Settings::default()
         };
         let (stop, stopped) = oneshot::channel::<()>();

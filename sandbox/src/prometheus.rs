@@ -74,10 +74,18 @@ pub fn config(envoy_admins: &[SocketAddr]) -> Value {
     })
 }
 
+/// A certificate and key (PEM files) for Prometheus to serve https with.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
 /// A running Prometheus, killed on drop.
 pub struct Prometheus {
     child: Mutex<Child>,
     addr: SocketAddr,
+    tls: bool,
     dir: PathBuf,
     log: PathBuf,
 }
@@ -86,6 +94,18 @@ impl Prometheus {
     /// Starts Prometheus scraping `envoy_admins` and waits until it is ready (not until the
     /// first scrape: see [`Prometheus::wait_scraped`]).
     pub async fn start(envoy_admins: &[SocketAddr]) -> Result<Self, Error> {
+        Self::start_with(envoy_admins, None).await
+    }
+
+    /// Starts Prometheus serving https only (its `--web.config.file` `tls_server_config`),
+    /// for tests of clients that reach it over TLS. Returns once it listens; this harness
+    /// has no TLS client, so until Prometheus is ready its API answers 503. [`Self::query`]
+    /// and friends speak plain http and do not work on it.
+    pub async fn start_tls(envoy_admins: &[SocketAddr], tls: &Tls) -> Result<Self, Error> {
+        Self::start_with(envoy_admins, Some(tls)).await
+    }
+
+    async fn start_with(envoy_admins: &[SocketAddr], tls: Option<&Tls>) -> Result<Self, Error> {
         let bin = default_bin();
         if !bin.is_file() {
             return Err(Error::NotFound { path: bin });
@@ -93,7 +113,7 @@ impl Prometheus {
         let config = config(envoy_admins).to_string();
         let mut attempt = 1;
         loop {
-            match Self::spawn(&bin, &config).await {
+            match Self::spawn(&bin, &config, tls).await {
                 // The port was taken between choosing and binding it: try another.
                 Err(Error::Start { log_tail, .. })
                     if attempt < PORT_ATTEMPTS && log_tail.contains("address already in use") =>
@@ -107,7 +127,7 @@ impl Prometheus {
 
     /// One attempt, in a fresh directory (removed when the returned value, or the failed
     /// attempt, is dropped).
-    async fn spawn(bin: &Path, config: &str) -> Result<Self, Error> {
+    async fn spawn(bin: &Path, config: &str, tls: Option<&Tls>) -> Result<Self, Error> {
         let dir = std::env::temp_dir().join(format!("sandbox-prometheus-{}", uuid::Uuid::new_v4()));
         fs::create_dir_all(dir.join("data")).map_err(io(format!("creating {}", dir.display())))?;
         let config_path = dir.join("prometheus.yml");
@@ -117,19 +137,34 @@ impl Prometheus {
             .map_err(io("choosing a free port"))?
             .port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let web_config_path = dir.join("web.yml");
+        let web_config = tls.map(|tls| {
+            json!({"tls_server_config": {"cert_file": tls.cert_file, "key_file": tls.key_file}})
+        });
         let started = fs::write(&config_path, config)
             .map_err(io("writing prometheus.yml"))
+            .and_then(|()| match &web_config {
+                Some(web) => {
+                    fs::write(&web_config_path, web.to_string()).map_err(io("writing web.yml"))
+                }
+                None => Ok(()),
+            })
             .and_then(|()| File::create(&log).map_err(io("creating prometheus.log")))
             .and_then(|out| {
                 let err = out.try_clone().map_err(io("opening prometheus.log"))?;
-                Command::new(bin)
+                let mut command = Command::new(bin);
+                command
                     .arg(format!("--config.file={}", config_path.display()))
                     .arg(format!(
                         "--storage.tsdb.path={}",
                         dir.join("data").display()
                     ))
                     .arg(format!("--web.listen-address={addr}"))
-                    .arg("--log.level=warn")
+                    .arg("--log.level=warn");
+                if web_config.is_some() {
+                    command.arg(format!("--web.config.file={}", web_config_path.display()));
+                }
+                command
                     .stdin(Stdio::null())
                     .stdout(out)
                     .stderr(err)
@@ -146,6 +181,7 @@ impl Prometheus {
         let prometheus = Self {
             child: Mutex::new(child),
             addr,
+            tls: tls.is_some(),
             dir,
             log,
         };
@@ -158,7 +194,9 @@ impl Prometheus {
                 });
             }
             if let Ok(r) = http::get(addr, "/-/ready", &[]).await {
-                if r.status == 200 {
+                // Over TLS, plain http gets Go's "client sent an HTTP request to an HTTPS
+                // server" 400: it listens.
+                if r.status == 200 || (prometheus.tls && r.status == 400) {
                     return Ok(prometheus);
                 }
             }
@@ -172,9 +210,10 @@ impl Prometheus {
         }
     }
 
-    /// `http://127.0.0.1:<port>`: the controller's `--prometheus-url`.
+    /// `http(s)://127.0.0.1:<port>`: the controller's `--prometheus-url`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     pub fn addr(&self) -> SocketAddr {

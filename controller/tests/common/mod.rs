@@ -58,8 +58,10 @@ pub fn scenario(name: &str) -> String {
         .unwrap_or_else(|e| panic!("reading scenario {}: {e}", path.display()))
 }
 
-/// The sandbox tests start a cluster with an Envoy each; on a small machine they run one at a
-/// time.
+/// The sandbox tests start a cluster with an Envoy each; under plain `cargo test` (one process
+/// per test binary) they run one at a time. `cargo xtask test` runs every test in its own
+/// process under nextest, where this lock is per test and `.config/nextest.toml` sets how
+/// many run at once.
 pub fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock()
