@@ -409,8 +409,11 @@ async fn run_controller(args: RunArgs) -> Result<()> {
             .metrics_addr
             .parse()
             .with_context(|| format!("--metrics-addr {:?}", args.metrics_addr))?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("--metrics-addr {addr}: cannot listen there"))?;
         Some(tokio::spawn(higress_canary::metrics::serve(
-            addr,
+            listener,
             metrics.clone(),
             server_stopped.map(|_| ()),
         )))

@@ -27,7 +27,6 @@ use std::{
     collections::BTreeMap,
     fmt,
     future::Future,
-    net::SocketAddr,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
@@ -394,13 +393,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Serves `/metrics`, `/healthz` (always 200 while the process runs) and `/readyz` (200 once
-/// the controller's caches are synced) until `shutdown` resolves.
+/// the controller's caches are synced) on `listener` until `shutdown` resolves. The caller
+/// binds, so a taken port fails at the start and tests know the port they got.
 pub async fn serve(
-    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
     let app = Router::new()
         .route("/metrics", get(render_metrics))

@@ -537,6 +537,11 @@ mod tests {
                 }
             }),
         );
+        (serve(app).await, received)
+    }
+
+    /// Serves `app` on a free loopback port in the background; its URL.
+    async fn serve(app: axum::Router) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("a port");
@@ -544,7 +549,7 @@ mod tests {
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        (url, received)
+        url
     }
 
     const OK: &str = r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"0.5"]}]}}"#;
@@ -639,13 +644,7 @@ mod tests {
                 }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("a port");
-        let url = format!("http://{}", listener.local_addr().expect("an address"));
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let url = serve(app).await;
 
         let dir = tempfile::tempdir().expect("a temporary directory");
         let token = dir.path().join("token");

@@ -11,7 +11,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _, Result};
-use common::{event_reasons, events, expect_order, phase, run_test, Harness, Traffic};
+use common::{
+    demo_rollout, event_reasons, events, expect_order, phase, run_test, Harness, Traffic,
+};
 use higress_canary::{
     analysis::Answer,
     crd::{AnalysisPhase, AnalysisStatus, CheckVerdict, Rollout, StepState},
@@ -27,25 +29,11 @@ use serde_json::{json, Value};
 const NAME: &str = "rollouts-demo";
 /// Seconds between analysis runs.
 const INTERVAL: i64 = 2;
-/// The Rollouts' grace period after each routing change.
-const GRACE: i64 = 1;
-
-/// A Rollout of the seed app's Deployment `demo` with these steps and this analysis.
+/// The seed app's Rollout ([`demo_rollout`]) with these steps and this analysis.
 fn rollout(steps: Value, analysis: Value) -> String {
-    json!({
-        "apiVersion": "rollouts.kruise.io/v1alpha1",
-        "kind": "Rollout",
-        "metadata": {"name": NAME},
-        "spec": {
-            "objectRef": {"workloadRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "demo"}},
-            "strategy": {"canary": {
-                "steps": steps,
-                "trafficRoutings": [{"service": "demo", "gracePeriodSeconds": GRACE, "ingress": {"name": "demo"}}],
-                "analysis": analysis,
-            }},
-        },
-    })
-    .to_string()
+    let mut rollout = demo_rollout(NAME, steps);
+    rollout["spec"]["strategy"]["canary"]["analysis"] = analysis;
+    rollout.to_string()
 }
 
 /// Success rate at least 95%, p99 at most 1 s, a 10 s window, 20 requests, 2 failures abort.

@@ -13,8 +13,9 @@ use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 use anyhow::{ensure, Context as _, Result};
 use canary_core::config::RuleConfig;
 use common::{
-    controller_writes, event_reasons, events, expect_cleaned_up, expect_order, phase, run_test,
-    stable_pin, status_writes, step_state, Harness, Traffic, NS, PATIENCE,
+    controller_writes, demo_rollout as rollout, event_reasons, events, expect_cleaned_up,
+    expect_order, phase, run_test, stable_pin, status_writes, step_state, Harness, Traffic, NS,
+    PATIENCE,
 };
 use higress_canary::{
     crd::{Rollout, StepState},
@@ -26,23 +27,6 @@ use sandbox::gateway::http;
 use serde_json::{json, Value};
 
 const NAME: &str = "rollouts-demo";
-
-/// A Rollout of the seed app's Deployment `demo` through Service and Ingress `demo`, with
-/// these steps and a 1 s grace period.
-fn rollout(name: &str, steps: Value) -> Value {
-    json!({
-        "apiVersion": "rollouts.kruise.io/v1alpha1",
-        "kind": "Rollout",
-        "metadata": {"name": name},
-        "spec": {
-            "objectRef": {"workloadRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "demo"}},
-            "strategy": {"canary": {
-                "steps": steps,
-                "trafficRoutings": [{"service": "demo", "gracePeriodSeconds": 1, "ingress": {"name": "demo"}}],
-            }},
-        },
-    })
-}
 
 /// The seed's canary steps (10% with 1 pod, then 30% with 2 pods, each waiting for approval).
 fn seed_steps() -> Value {
@@ -597,12 +581,6 @@ fn status_rows(output: &str, name: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
-/// A loopback address no one listens on (`metrics::serve` binds the address it is given).
-fn free_local_addr() -> Result<SocketAddr> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?)
-}
-
 /// `/metrics` as series → value.
 async fn scrape(addr: SocketAddr) -> Result<BTreeMap<String, f64>> {
     let reply = http::get(addr, "/metrics", &[]).await?;
@@ -639,10 +617,11 @@ async fn scrape_until(
 fn status_follows_the_release_live_and_metrics_and_health_report_it() -> Result<()> {
     run_test(|| async {
         let mut h = Harness::start().await?;
-        let addr = free_local_addr()?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
         let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(higress_canary::metrics::serve(
-            addr,
+            listener,
             h.metrics.clone(),
             async move {
                 let _ = stopped.await;

@@ -34,7 +34,7 @@ use sandbox::{
     gateway::http,
 };
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::{sync::oneshot, task::JoinHandle};
 
 pub const NS: &str = "default";
@@ -46,6 +46,23 @@ pub fn workspace() -> PathBuf {
         .parent()
         .expect("invariant: the controller crate lives in the workspace")
         .to_path_buf()
+}
+
+/// A Rollout of the seed app's Deployment `demo` through Service and Ingress `demo`, with
+/// these steps and a 1 s grace period.
+pub fn demo_rollout(name: &str, steps: Value) -> Value {
+    json!({
+        "apiVersion": "rollouts.kruise.io/v1alpha1",
+        "kind": "Rollout",
+        "metadata": {"name": name},
+        "spec": {
+            "objectRef": {"workloadRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "demo"}},
+            "strategy": {"canary": {
+                "steps": steps,
+                "trafficRoutings": [{"service": "demo", "gracePeriodSeconds": 1, "ingress": {"name": "demo"}}],
+            }},
+        },
+    })
 }
 
 /// A seed scenario file, unchanged.
