@@ -288,6 +288,35 @@ fn a_canary_failing_20_percent_is_rolled_back_within_three_intervals() -> Result
             verdict == CheckVerdict::Fail && value.is_some_and(|v| v < 95.0),
             "success-rate {verdict:?} {value:?}"
         );
+        // The controller's /metrics say the same: the failing verdict, the value, the runs.
+        let exposition = h.metrics.render();
+        let rollout = format!("rollout=\"{}/{NAME}\"", common::NS);
+        for expected in [
+            format!(
+                "higress_canary_analysis_check_verdict{{{rollout},check=\"success-rate\",verdict=\"Fail\"}} 1"
+            ),
+            format!("higress_canary_analysis_consecutive_failures{{{rollout}}} 2"),
+        ] {
+            ensure!(
+                exposition.lines().any(|l| l == expected),
+                "/metrics lacks {expected:?}:\n{exposition}"
+            );
+        }
+        let value_line =
+            format!("higress_canary_analysis_check_value{{{rollout},check=\"success-rate\"}} ");
+        ensure!(
+            exposition
+                .lines()
+                .filter_map(|l| l.strip_prefix(&value_line))
+                .any(|v| v.parse::<f64>().is_ok_and(|v| v < 95.0)),
+            "/metrics lacks the failing success rate:\n{exposition}"
+        );
+        ensure!(
+            exposition
+                .lines()
+                .any(|l| l.starts_with("higress_canary_analysis_queries_total{outcome=\"ok\"}")),
+            "no answered analysis query counted:\n{exposition}"
+        );
         let reasons = event_reasons(&h, NAME).await?;
         ensure!(
             reasons
