@@ -18,5 +18,6 @@
 pub mod api;
 pub mod cluster;
 pub mod gateway;
+mod process;
 pub mod prometheus;
 pub mod sim;

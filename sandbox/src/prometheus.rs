@@ -6,17 +6,16 @@
 //! process is killed, and the directory removed, when the value is dropped.
 
 use std::{
-    fs::{self, File},
+    fs,
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::Mutex,
+    process::Command,
     time::{Duration, Instant},
 };
 
 use serde_json::{json, Value};
 
-use crate::gateway::http;
+use crate::{gateway::http, process::ChildProcess};
 
 /// Where the binary is unless `PROMETHEUS_BIN` says otherwise.
 pub const DEFAULT_BIN: &str = "/usr/bin/prometheus";
@@ -83,11 +82,10 @@ pub struct Tls {
 
 /// A running Prometheus, killed on drop.
 pub struct Prometheus {
-    child: Mutex<Child>,
+    process: ChildProcess,
     addr: SocketAddr,
     tls: bool,
     dir: PathBuf,
-    log: PathBuf,
 }
 
 impl Prometheus {
@@ -131,7 +129,6 @@ impl Prometheus {
         let dir = std::env::temp_dir().join(format!("sandbox-prometheus-{}", uuid::Uuid::new_v4()));
         fs::create_dir_all(dir.join("data")).map_err(io(format!("creating {}", dir.display())))?;
         let config_path = dir.join("prometheus.yml");
-        let log = dir.join("prometheus.log");
         let port = std::net::TcpListener::bind(("127.0.0.1", 0))
             .and_then(|l| l.local_addr())
             .map_err(io("choosing a free port"))?
@@ -141,6 +138,18 @@ impl Prometheus {
         let web_config = tls.map(|tls| {
             json!({"tls_server_config": {"cert_file": tls.cert_file, "key_file": tls.key_file}})
         });
+        let mut command = Command::new(bin);
+        command
+            .arg(format!("--config.file={}", config_path.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .arg("--log.level=warn");
+        if web_config.is_some() {
+            command.arg(format!("--web.config.file={}", web_config_path.display()));
+        }
         let started = fs::write(&config_path, config)
             .map_err(io("writing prometheus.yml"))
             .and_then(|()| match &web_config {
@@ -149,65 +158,41 @@ impl Prometheus {
                 }
                 None => Ok(()),
             })
-            .and_then(|()| File::create(&log).map_err(io("creating prometheus.log")))
-            .and_then(|out| {
-                let err = out.try_clone().map_err(io("opening prometheus.log"))?;
-                let mut command = Command::new(bin);
-                command
-                    .arg(format!("--config.file={}", config_path.display()))
-                    .arg(format!(
-                        "--storage.tsdb.path={}",
-                        dir.join("data").display()
-                    ))
-                    .arg(format!("--web.listen-address={addr}"))
-                    .arg("--log.level=warn");
-                if web_config.is_some() {
-                    command.arg(format!("--web.config.file={}", web_config_path.display()));
-                }
-                command
-                    .stdin(Stdio::null())
-                    .stdout(out)
-                    .stderr(err)
-                    .spawn()
-                    .map_err(io(format!("spawning {}", bin.display())))
+            .and_then(|()| {
+                let log = dir.join("prometheus.log");
+                ChildProcess::spawn(&mut command, log, |context, source| Error::Io {
+                    context,
+                    source,
+                })
             });
-        let child = match started {
-            Ok(child) => child,
+        let process = match started {
+            Ok(process) => process,
             Err(e) => {
                 let _ = fs::remove_dir_all(&dir);
                 return Err(e);
             }
         };
         let prometheus = Self {
-            child: Mutex::new(child),
+            process,
             addr,
             tls: tls.is_some(),
             dir,
-            log,
         };
-        let start = Instant::now();
-        loop {
-            if let Some(status) = prometheus.exit_status() {
-                return Err(Error::Start {
-                    reason: format!("it exited with {status}"),
-                    log_tail: prometheus.log_tail(),
-                });
-            }
-            if let Ok(r) = http::get(addr, "/-/ready", &[]).await {
+        prometheus
+            .process
+            .wait_ready(STARTUP_DEADLINE, Duration::from_millis(20), async || {
                 // Over TLS, plain http gets Go's "client sent an HTTP request to an HTTPS
                 // server" 400: it listens.
-                if r.status == 200 || (prometheus.tls && r.status == 400) {
-                    return Ok(prometheus);
-                }
-            }
-            if start.elapsed() > STARTUP_DEADLINE {
-                return Err(Error::Start {
-                    reason: format!("not ready after {STARTUP_DEADLINE:?}"),
-                    log_tail: prometheus.log_tail(),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+                http::get(addr, "/-/ready", &[])
+                    .await
+                    .is_ok_and(|r| r.status == 200 || (tls.is_some() && r.status == 400))
+            })
+            .await
+            .map_err(|reason| Error::Start {
+                reason,
+                log_tail: prometheus.log_tail(),
+            })?;
+        Ok(prometheus)
     }
 
     /// `http(s)://127.0.0.1:<port>`: the controller's `--prometheus-url`.
@@ -222,19 +207,17 @@ impl Prometheus {
 
     /// Prometheus's process id.
     pub fn pid(&self) -> u32 {
-        self.child.lock().map(|c| c.id()).unwrap_or(0)
+        self.process.pid()
     }
 
     /// `Some(status)` once Prometheus has exited.
     pub fn exit_status(&self) -> Option<std::process::ExitStatus> {
-        self.child.lock().ok()?.try_wait().ok().flatten()
+        self.process.exit_status()
     }
 
     /// The last lines of its log.
     pub fn log_tail(&self) -> String {
-        let text = fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+        self.process.log_tail(LOG_TAIL_LINES, |_| true)
     }
 
     /// An instant query; the `data` of a successful answer.
@@ -290,15 +273,13 @@ impl Prometheus {
 
     /// Kills Prometheus and waits for it.
     pub fn kill(&self) {
-        if let Ok(mut child) = self.child.lock() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process.kill();
     }
 }
 
 impl Drop for Prometheus {
     fn drop(&mut self) {
+        // Kill before removing the directory: `process` itself drops only after this.
         self.kill();
         let _ = fs::remove_dir_all(&self.dir);
     }

@@ -1,15 +1,15 @@
 //! The Envoy process: spawn, readiness, admin reads, kill on drop.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
+use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use super::http;
 use super::Error;
+use crate::process::ChildProcess;
 
 const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
 const LOG_TAIL_LINES: usize = 30;
@@ -26,9 +26,8 @@ pub fn default_envoy_bin() -> PathBuf {
 
 /// A running Envoy, killed (and reaped) on drop.
 pub struct EnvoyProcess {
-    child: Mutex<Child>,
+    process: ChildProcess,
     admin: SocketAddr,
-    log: PathBuf,
 }
 
 impl EnvoyProcess {
@@ -45,13 +44,9 @@ impl EnvoyProcess {
                 path: bin.to_path_buf(),
             });
         }
-        let log = dir.join("envoy.log");
         let admin_path = dir.join("admin-address");
-        let log_file = File::create(&log).map_err(|e| Error::io("creating envoy.log", e))?;
-        let stderr = log_file
-            .try_clone()
-            .map_err(|e| Error::io("opening envoy.log", e))?;
-        let child = Command::new(bin)
+        let mut command = Command::new(bin);
+        command
             .arg("-c")
             .arg(bootstrap)
             .arg("--concurrency")
@@ -64,48 +59,30 @@ impl EnvoyProcess {
             .arg("--file-flush-interval-msec")
             .arg("100")
             .arg("-l")
-            .arg(log_level)
-            .stdin(Stdio::null())
-            .stdout(log_file)
-            .stderr(stderr)
-            .spawn()
-            .map_err(|e| Error::io(format!("spawning {}", bin.display()), e))?;
-        let mut envoy = Self {
-            child: Mutex::new(child),
-            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
-            log,
-        };
-        let start = Instant::now();
-        loop {
-            if let Some(status) = envoy.exit_status() {
-                return Err(Error::EnvoyStart {
-                    reason: format!("Envoy exited with {status}"),
-                    log_tail: envoy.log_tail(),
-                });
-            }
-            if start.elapsed() > STARTUP_DEADLINE {
-                return Err(Error::EnvoyStart {
-                    reason: format!("not ready after {STARTUP_DEADLINE:?}"),
-                    log_tail: envoy.log_tail(),
-                });
-            }
-            if envoy.admin.port() == 0 {
-                if let Some(addr) = fs::read_to_string(&admin_path)
-                    .ok()
-                    .and_then(|t| t.trim().parse().ok())
-                {
-                    envoy.admin = addr;
-                }
-            }
-            if envoy.admin.port() != 0 {
-                if let Ok(r) = http::get(envoy.admin, "/ready", &[]).await {
-                    if r.status == 200 {
-                        return Ok(envoy);
+            .arg(log_level);
+        let process = ChildProcess::spawn(&mut command, dir.join("envoy.log"), Error::io)?;
+        let mut admin = SocketAddr::from(([127, 0, 0, 1], 0));
+        let ready = process
+            .wait_ready(STARTUP_DEADLINE, Duration::from_millis(10), async || {
+                if admin.port() == 0 {
+                    if let Some(addr) = fs::read_to_string(&admin_path)
+                        .ok()
+                        .and_then(|t| t.trim().parse().ok())
+                    {
+                        admin = addr;
                     }
                 }
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+                admin.port() != 0
+                    && http::get(admin, "/ready", &[])
+                        .await
+                        .is_ok_and(|r| r.status == 200)
+            })
+            .await;
+        if let Err(reason) = ready {
+            let log_tail = process.log_tail(LOG_TAIL_LINES, is_problem);
+            return Err(Error::EnvoyStart { reason, log_tail });
         }
+        Ok(Self { process, admin })
     }
 
     /// The admin address.
@@ -115,31 +92,17 @@ impl EnvoyProcess {
 
     /// Envoy's process id.
     pub fn pid(&self) -> u32 {
-        self.child.lock().map(|c| c.id()).unwrap_or(0)
+        self.process.pid()
     }
 
     /// `Some(status)` once Envoy has exited.
     pub fn exit_status(&self) -> Option<std::process::ExitStatus> {
-        self.child.lock().ok()?.try_wait().ok().flatten()
+        self.process.exit_status()
     }
 
     /// The last warnings and errors of the log (or its last lines if there are none).
     pub fn log_tail(&self) -> String {
-        let text = fs::read_to_string(&self.log).unwrap_or_default();
-        let problems: Vec<&str> = text
-            .lines()
-            .filter(|l| {
-                ["][warning]", "][error]", "][critical]"]
-                    .iter()
-                    .any(|lvl| l.contains(lvl))
-            })
-            .collect();
-        let lines: Vec<&str> = if problems.is_empty() {
-            text.lines().collect()
-        } else {
-            problems
-        };
-        lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+        self.process.log_tail(LOG_TAIL_LINES, is_problem)
     }
 
     /// A GET on the admin API; non-200 answers are errors.
@@ -170,17 +133,15 @@ impl EnvoyProcess {
 
     /// Kills Envoy and waits for it.
     pub fn kill(&self) {
-        if let Ok(mut child) = self.child.lock() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process.kill();
     }
 }
 
-impl Drop for EnvoyProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// Whether an Envoy log line is a warning, an error or worse.
+fn is_problem(line: &str) -> bool {
+    ["][warning]", "][error]", "][critical]"]
+        .iter()
+        .any(|level| line.contains(level))
 }
 
 /// Parses admin `/stats` text: `name: value` lines, text readouts quoted.
