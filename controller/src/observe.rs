@@ -1,10 +1,19 @@
-//! Reads, fresh from the API, everything [`crate::step::plan`] needs for one Rollout: the
-//! Deployment and its ReplicaSets, the canary Deployment and its newest ReplicaSet, the four
-//! Services and Ingresses, and the shared WasmPlugin. Only other Rollouts (for conflicts) come
-//! from the controller's cache.
+//! Reads everything [`crate::step::plan`] needs for one Rollout: the Deployment and its
+//! ReplicaSets, the canary Deployment and its newest ReplicaSet, the four Services and
+//! Ingresses, and the shared WasmPlugin.
+//!
+//! Deployments, Services and Ingresses come from the controller's watch caches ([`Caches`]),
+//! the rest fresh from the API: the ReplicaSets are listed after the cached Deployment was read,
+//! so a Deployment that reports its new pods always finds their ReplicaSet; the WasmPlugin is
+//! the gateway's state and must be exact. A cache may lag behind the API by an event, so a
+//! view in which an object is missing or the Deployment's template differs from the release
+//! recorded in the status is confirmed by reading everything fresh ([`needs_confirmation`]):
+//! a lagging cache must not read as "template reverted" or "Deployment deleted". Other Rollouts
+//! (for conflicts) come from the controller's Rollout cache.
 //!
 //! Missing objects are `None`, never errors: the planner reports them in the status.
 
+use futures::FutureExt as _;
 use k8s_openapi::{
     api::{
         apps::v1::{Deployment, ReplicaSet},
@@ -15,6 +24,7 @@ use k8s_openapi::{
 };
 use kube::{
     api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams},
+    runtime::reflector::{ObjectRef, Store},
     Client, ResourceExt,
 };
 use tracing::warn;
@@ -46,34 +56,109 @@ pub fn wasm_plugin_api(client: &Client, plugin: &PluginRef) -> Api<DynamicObject
     Api::namespaced_with(client.clone(), &plugin.namespace, &wasm_plugin_resource())
 }
 
-/// Reads the world around `rollout`. `others` are the Rollouts the controller knows of (its
-/// cache), used to find older Rollouts releasing the same Deployment.
+/// The controller's watch caches of the kinds Rollouts name (all namespaces).
+#[derive(Clone)]
+pub struct Caches {
+    pub deployments: Store<Deployment>,
+    pub services: Store<Service>,
+    pub ingresses: Store<Ingress>,
+}
+
+impl Caches {
+    /// Whether every cache holds its first complete list (before that, an object missing from
+    /// a cache may well exist).
+    pub fn ready(&self) -> bool {
+        fn listed<K>(store: &Store<K>) -> bool
+        where
+            K: kube::Resource + Clone + 'static,
+            K::DynamicType: Eq + std::hash::Hash + Clone,
+        {
+            matches!(store.wait_until_ready().now_or_never(), Some(Ok(())))
+        }
+        listed(&self.deployments) && listed(&self.services) && listed(&self.ingresses)
+    }
+}
+
+/// Where [`observe`] reads Deployments, Services and Ingresses.
+#[derive(Clone, Copy)]
+pub enum Source<'a> {
+    /// The watch caches (planning as usual).
+    Cache(&'a Caches),
+    /// The API (confirming a view the caches gave, or without caches).
+    Api,
+}
+
+/// Whether a view read from the caches must be confirmed by fresh reads before planning: a
+/// stable object it names is missing (it would be reported as deleted), or the Deployment's
+/// template would start, restart or roll back a release (during a release: it is not the
+/// revision in the status; otherwise: it is not what the stable pods run). These are the
+/// decisions a cache one event behind must not take; a missing canary object is simply
+/// applied again.
+pub fn needs_confirmation(rollout: &Rollout, observed: &Observed) -> bool {
+    let names = Names::of(rollout);
+    let missing = |name: &Option<String>, found: bool| name.is_some() && !found;
+    let releasing = rollout
+        .status
+        .as_ref()
+        .and_then(|s| s.canary_status.as_ref())
+        .map(|c| c.canary_revision.as_str());
+    missing(&names.deployment, observed.workload.is_some())
+        || missing(&names.service, observed.service.is_some())
+        || missing(&names.ingress, observed.ingress.is_some())
+        || observed.workload.as_ref().is_some_and(|w| match releasing {
+            Some(revision) => w.revision != revision,
+            None => !w.in_sync(),
+        })
+}
+
+/// Reads the world around `rollout`: Deployments, Services and Ingresses from `source`, the
+/// rest from the API. `others` are the Rollouts the controller knows of (its cache), used to
+/// find older Rollouts releasing the same Deployment.
 pub async fn observe(
     client: &Client,
+    source: Source<'_>,
     plugin: &PluginRef,
     rollout: &Rollout,
     others: &[std::sync::Arc<Rollout>],
 ) -> Result<Observed> {
     let names = Names::of(rollout);
     let ns = names.namespace.as_str();
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    let services: Api<Service> = Api::namespaced(client.clone(), ns);
-    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), ns);
-
     let plugins = wasm_plugin_api(client, plugin);
-    let (deployment, canary, service, canary_service, ingress, canary_ingress, plugin_obj) = futures::try_join!(
-        get_opt(&deployments, names.deployment.as_deref(), "Deployment"),
-        get_opt(
-            &deployments,
-            names.canary_deployment.as_deref(),
-            "Deployment"
-        ),
-        get_opt(&services, names.service.as_deref(), "Service"),
-        get_opt(&services, names.canary_service.as_deref(), "Service"),
-        get_opt(&ingresses, names.ingress.as_deref(), "Ingress"),
-        get_opt(&ingresses, names.canary_ingress.as_deref(), "Ingress"),
-        get_opt(&plugins, Some(plugin.name.as_str()), "WasmPlugin"),
-    )?;
+    let plugin_obj = get_opt(&plugins, Some(plugin.name.as_str()), "WasmPlugin");
+    let (deployment, canary, service, canary_service, ingress, canary_ingress, plugin_obj) =
+        match source {
+            Source::Cache(caches) => {
+                let (deployments, services, ingresses) =
+                    (&caches.deployments, &caches.services, &caches.ingresses);
+                (
+                    cached(deployments, ns, names.deployment.as_deref()),
+                    cached(deployments, ns, names.canary_deployment.as_deref()),
+                    cached(services, ns, names.service.as_deref()),
+                    cached(services, ns, names.canary_service.as_deref()),
+                    cached(ingresses, ns, names.ingress.as_deref()),
+                    cached(ingresses, ns, names.canary_ingress.as_deref()),
+                    plugin_obj.await?,
+                )
+            }
+            Source::Api => {
+                let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+                let services: Api<Service> = Api::namespaced(client.clone(), ns);
+                let ingresses: Api<Ingress> = Api::namespaced(client.clone(), ns);
+                futures::try_join!(
+                    get_opt(&deployments, names.deployment.as_deref(), "Deployment"),
+                    get_opt(
+                        &deployments,
+                        names.canary_deployment.as_deref(),
+                        "Deployment"
+                    ),
+                    get_opt(&services, names.service.as_deref(), "Service"),
+                    get_opt(&services, names.canary_service.as_deref(), "Service"),
+                    get_opt(&ingresses, names.ingress.as_deref(), "Ingress"),
+                    get_opt(&ingresses, names.canary_ingress.as_deref(), "Ingress"),
+                    plugin_obj,
+                )?
+            }
+        };
 
     // ReplicaSets of both Deployments share labels (same selector); one list serves both.
     let replica_sets = match deployment.as_ref().or(canary.as_ref()) {
@@ -114,6 +199,18 @@ pub async fn observe(
         conflicts: conflicts(rollout, &names, others),
         measurement: None,
     })
+}
+
+/// `ns/name` from a cache, as an owned object like a GET returns.
+fn cached<K>(store: &Store<K>, ns: &str, name: Option<&str>) -> Option<K>
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let name = name?;
+    store
+        .get(&ObjectRef::new(name).within(ns))
+        .map(|obj| obj.as_ref().clone())
 }
 
 async fn get_opt<K>(api: &Api<K>, name: Option<&str>, kind: &str) -> Result<Option<K>>

@@ -1,8 +1,10 @@
 //! The controller loop, in kube-runtime's shape: a [`Controller`] over all Rollouts, woken by
 //! changes to the Deployments, Services and Ingresses they name (stable and canary), to other
-//! Rollouts naming the same Deployment or Ingress, and to the shared WasmPlugin; each [`reconcile`] reads the Rollout and its world fresh
-//! ([`crate::observe`]), calls the pure [`crate::step::plan`] and writes the plan
-//! ([`crate::apply`]); [`error_policy`] retries with a backoff chosen by error kind.
+//! Rollouts naming the same Deployment or Ingress, and to the shared WasmPlugin. Each
+//! [`reconcile`] reads the Rollout fresh and its world mostly from the watches' caches
+//! ([`crate::observe`], which says what is read fresh and when a cached view is confirmed),
+//! calls the pure [`crate::step::plan`] and writes the plan ([`crate::apply`]);
+//! [`error_policy`] retries with a backoff chosen by error kind.
 //!
 //! All state lives in the API objects (the Rollout's status), so the loop is restart-safe: a
 //! controller killed at any moment and started again plans from what it reads.
@@ -22,9 +24,9 @@ use kube::{
     runtime::{
         controller::{Action, Config as ControllerConfig, Controller},
         events::{Recorder, Reporter},
-        reflector::{ObjectRef, Store},
+        reflector::{self, ObjectRef, Store},
         utils::Backoff,
-        watcher,
+        watcher, WatchStreamExt,
     },
     Client, ResourceExt,
 };
@@ -35,7 +37,7 @@ use crate::{
     apply::{apply, PluginSync},
     crd::Rollout,
     metrics::{rollout_key, Metrics},
-    observe::{observe, wasm_plugin_api, wasm_plugin_resource},
+    observe::{needs_confirmation, observe, wasm_plugin_api, wasm_plugin_resource, Caches, Source},
     prometheus::{self, Prometheus},
     render::{self, PluginRef},
     step,
@@ -47,6 +49,8 @@ use crate::{
 pub const FIELD_MANAGER: &str = "higress-canary";
 /// Look at every Rollout at least this often, even when nothing wakes it.
 pub const DEFAULT_RESYNC: Duration = Duration::from_secs(300);
+/// When a reconcile comes before the caches are listed, it is tried again after this.
+const CACHES_NOT_READY_RETRY: Duration = Duration::from_millis(100);
 
 /// How the controller runs.
 #[derive(Debug, Clone)]
@@ -91,8 +95,11 @@ pub struct Context {
     /// Publishes Kubernetes Events on Rollouts.
     pub recorder: Recorder,
     /// The controller's cache of Rollouts (for conflicts and for mapping watched objects to
-    /// Rollouts; never used for planning, which reads fresh).
+    /// Rollouts; planning reads the Rollout itself fresh).
     pub rollouts: Store<Rollout>,
+    /// The caches of Deployments, Services and Ingresses that planning reads from
+    /// ([`crate::observe`]).
+    pub caches: Caches,
     /// Serialized, coalesced writes of the shared WasmPlugin.
     pub plugin: PluginSync,
     /// The metric analysis' Prometheus, from [`Settings::prometheus`].
@@ -103,7 +110,12 @@ pub struct Context {
 
 impl Context {
     /// Fails only on unusable [`Settings::prometheus`] settings.
-    pub fn new(client: Client, settings: Settings, rollouts: Store<Rollout>) -> Result<Self> {
+    pub fn new(
+        client: Client,
+        settings: Settings,
+        rollouts: Store<Rollout>,
+        caches: Caches,
+    ) -> Result<Self> {
         let prometheus = settings
             .prometheus
             .as_ref()
@@ -121,6 +133,7 @@ impl Context {
             settings,
             recorder,
             rollouts,
+            caches,
             plugin: PluginSync::default(),
             prometheus,
             failures: Mutex::default(),
@@ -210,8 +223,24 @@ async fn reconcile_fresh(cached: &Rollout, ctx: &Context, key: &str) -> Result<A
             .await?;
         return Ok(Action::await_change());
     };
+    if !ctx.caches.ready() {
+        // Until the caches hold their first list, a missing object may exist.
+        debug!("caches not listed yet; planning shortly");
+        return Ok(Action::requeue(CACHES_NOT_READY_RETRY));
+    }
     let others = ctx.rollouts.state();
-    let mut observed = observe(&ctx.client, &ctx.settings.plugin, &rollout, &others).await?;
+    let plugin = &ctx.settings.plugin;
+    let mut observed = observe(
+        &ctx.client,
+        Source::Cache(&ctx.caches),
+        plugin,
+        &rollout,
+        &others,
+    )
+    .await?;
+    if needs_confirmation(&rollout, &observed) {
+        observed = observe(&ctx.client, Source::Api, plugin, &rollout, &others).await?;
+    }
     observed.measurement = ctx.measure(&rollout, key).await;
     let plan = step::plan(&rollout, &observed, Timestamp::now());
     let applied = apply(ctx, &rollout, &plan).await?;
@@ -373,6 +402,34 @@ impl Backoff for TriggerBackoff {
     }
 }
 
+/// A watch of all `K` feeding a cache: the store, and the stream of changed (and deleted)
+/// objects to wake Rollouts with. Managed fields are dropped (never read; they are a large
+/// part of every object).
+fn cached_watch<K>(
+    client: &Client,
+    config: &watcher::Config,
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let (store, writer) = reflector::store();
+    let events = watcher(Api::<K>::all(client.clone()), config.clone())
+        .modify(|obj| obj.managed_fields_mut().clear())
+        .reflect(writer)
+        .touched_objects();
+    (store, events)
+}
+
 /// Runs the controller until `shutdown` resolves, then lets running reconciles finish.
 pub async fn run(
     client: Client,
@@ -399,7 +456,22 @@ pub async fn run(
         .clone()
         .fields(&format!("metadata.name={}", settings.plugin.name));
     let concurrency = settings.concurrency;
-    let ctx = Arc::new(Context::new(client.clone(), settings, store.clone())?);
+    // Deployments, Services and Ingresses are cached from the same watches that wake the
+    // Rollouts naming them; each store is updated before its event is mapped to a reconcile.
+    let (deployments, deployment_events) = cached_watch::<Deployment>(&client, &wc);
+    let (services, service_events) = cached_watch::<Service>(&client, &wc);
+    let (ingresses, ingress_events) = cached_watch::<Ingress>(&client, &wc);
+    let caches = Caches {
+        deployments,
+        services,
+        ingresses,
+    };
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        settings,
+        store.clone(),
+        caches,
+    )?);
 
     let ready = store.clone();
     let ready_metrics = metrics.clone();
@@ -430,19 +502,16 @@ pub async fn run(
             wc.clone(),
             sibling_mapper(store.clone()),
         )
-        .watches(
-            Api::<Deployment>::all(client.clone()),
-            wc.clone(),
+        .watches_stream(
+            deployment_events,
             mapper::<Deployment>(store.clone(), Related::Deployment),
         )
-        .watches(
-            Api::<Service>::all(client.clone()),
-            wc.clone(),
+        .watches_stream(
+            service_events,
             mapper::<Service>(store.clone(), Related::Service),
         )
-        .watches(
-            Api::<Ingress>::all(client.clone()),
-            wc.clone(),
+        .watches_stream(
+            ingress_events,
             mapper::<Ingress>(store.clone(), Related::Ingress),
         )
         .watches_with(
