@@ -432,6 +432,122 @@ mod tests {
     }
 
     #[test]
+    fn a_cached_view_is_confirmed_when_it_would_start_restart_or_roll_back_a_release() {
+        use crate::observed::{Observed, StableReplicaSet, Workload};
+        use k8s_openapi::api::{core::v1::Service, networking::v1::Ingress};
+
+        let rollout = |releasing: Option<&str>| -> Rollout {
+            let mut r: Rollout = serde_json::from_value(serde_json::json!({
+                "apiVersion": "rollouts.kruise.io/v1alpha1",
+                "kind": "Rollout",
+                "metadata": {"name": "demo", "namespace": "default"},
+                "spec": {
+                    "objectRef": {"workloadRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "demo"}},
+                    "strategy": {"canary": {
+                        "steps": [{"weight": 10}],
+                        "trafficRoutings": [{"service": "demo", "ingress": {"name": "demo"}}],
+                    }},
+                },
+            }))
+            .expect("a Rollout");
+            if let Some(revision) = releasing {
+                r.status = serde_json::from_value(serde_json::json!({
+                    "canaryStatus": {"canaryRevision": revision, "podTemplateHash": "h",
+                                     "currentStepIndex": 1},
+                }))
+                .expect("a status");
+            }
+            r
+        };
+        // The Deployment asks for `template`; its stable pods run `stable`.
+        let world = |template: &str, stable: &str| Observed {
+            workload: Some(Workload {
+                revision: template.to_owned(),
+                stable: Some(StableReplicaSet {
+                    pod_template_hash: "h".to_owned(),
+                    revision: stable.to_owned(),
+                }),
+                ..Workload::default()
+            }),
+            service: Some(Service::default()),
+            ingress: Some(Ingress::default()),
+            ..Observed::default()
+        };
+        let cases = [
+            (
+                "healthy, template = stable pods",
+                rollout(None),
+                world("r1", "r1"),
+                false,
+            ),
+            (
+                "healthy, a new template: a release would start",
+                rollout(None),
+                world("r2", "r1"),
+                true,
+            ),
+            (
+                "releasing r2, template r2",
+                rollout(Some("r2")),
+                world("r2", "r1"),
+                false,
+            ),
+            (
+                "releasing r2, template r3: a restart",
+                rollout(Some("r2")),
+                world("r3", "r1"),
+                true,
+            ),
+            (
+                "releasing r2, template r1: a rollback",
+                rollout(Some("r2")),
+                world("r1", "r1"),
+                true,
+            ),
+            (
+                "the Deployment missing",
+                rollout(Some("r2")),
+                Observed {
+                    workload: None,
+                    ..world("r2", "r1")
+                },
+                true,
+            ),
+            (
+                "the stable Service missing",
+                rollout(Some("r2")),
+                Observed {
+                    service: None,
+                    ..world("r2", "r1")
+                },
+                true,
+            ),
+            (
+                "the stable Ingress missing",
+                rollout(None),
+                Observed {
+                    ingress: None,
+                    ..world("r1", "r1")
+                },
+                true,
+            ),
+            (
+                // Applied again if it is really missing: no need to ask.
+                "the canary Deployment missing",
+                rollout(Some("r2")),
+                Observed {
+                    canary: None,
+                    ..world("r2", "r1")
+                },
+                false,
+            ),
+        ];
+        for (what, rollout, observed, confirm) in cases {
+            assert_eq!(needs_confirmation(&rollout, &observed), confirm, "{what}");
+        }
+    }
+
+    #[test]
     fn only_older_rollouts_of_the_same_deployment_conflict() {
         let rollout = |name: &str, created: i64, deployment: &str| {
             let mut r: Rollout = serde_json::from_value(serde_json::json!({
