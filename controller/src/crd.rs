@@ -789,6 +789,39 @@ impl Rollout {
             .as_ref()
             .map_or(0, |c| c.steps.len())
     }
+
+    /// The Deployment `spec.objectRef.workloadRef` names (`None` if unnamed).
+    pub fn workload_name(&self) -> Option<&str> {
+        self.spec
+            .object_ref
+            .workload_ref
+            .as_ref()
+            .map(|w| w.name.as_str())
+            .filter(|n| !n.is_empty())
+    }
+
+    /// The Service of the first traffic routing (`None` if unnamed).
+    pub fn service_name(&self) -> Option<&str> {
+        self.first_routing()
+            .map(|r| r.service.as_str())
+            .filter(|n| !n.is_empty())
+    }
+
+    /// The Ingress of the first traffic routing (`None` if unnamed).
+    pub fn ingress_name(&self) -> Option<&str> {
+        self.first_routing()
+            .and_then(|r| r.ingress.as_ref())
+            .map(|i| i.name.as_str())
+            .filter(|n| !n.is_empty())
+    }
+
+    fn first_routing(&self) -> Option<&TrafficRoutingRef> {
+        self.spec
+            .strategy
+            .canary
+            .as_ref()
+            .and_then(|c| c.traffic_routings.first())
+    }
 }
 
 impl RolloutStatus {

@@ -334,16 +334,15 @@ fn sibling_mapper(
     move |changed: Rollout| siblings(&store.state(), &changed)
 }
 
+/// Called for every Rollout event with every Rollout: compares names in place, allocating
+/// only for the (rare) siblings.
 fn siblings(all: &[Arc<Rollout>], changed: &Rollout) -> Vec<ObjectRef<Rollout>> {
-    let mine = Names::of(changed);
-    let shares = |name: &Option<String>, other: &Option<String>| name.is_some() && name == other;
+    let shares = |mine: Option<&str>, theirs: Option<&str>| mine.is_some() && mine == theirs;
+    let (deployment, ingress) = (changed.workload_name(), changed.ingress_name());
     all.iter()
-        .filter(|r| r.namespace().as_deref() == Some(mine.namespace.as_str()))
-        .filter(|r| r.name_any() != mine.rollout)
-        .filter(|r| {
-            let theirs = Names::of(r);
-            shares(&mine.deployment, &theirs.deployment) || shares(&mine.ingress, &theirs.ingress)
-        })
+        .filter(|r| r.metadata.namespace == changed.metadata.namespace)
+        .filter(|r| r.metadata.name != changed.metadata.name)
+        .filter(|r| shares(deployment, r.workload_name()) || shares(ingress, r.ingress_name()))
         .map(|r| ObjectRef::from_obj(r.as_ref()))
         .collect()
 }

@@ -87,24 +87,9 @@ impl Names {
     pub fn of(rollout: &Rollout) -> Self {
         let namespace = rollout.namespace().unwrap_or_else(|| "default".to_owned());
         let name = rollout.name_any();
-        let deployment = rollout
-            .spec
-            .object_ref
-            .workload_ref
-            .as_ref()
-            .map(|w| w.name.clone())
-            .filter(|n| !n.is_empty());
-        let routing = rollout
-            .spec
-            .strategy
-            .canary
-            .as_ref()
-            .and_then(|c| c.traffic_routings.first());
-        let service = routing.map(|r| r.service.clone()).filter(|n| !n.is_empty());
-        let ingress = routing
-            .and_then(|r| r.ingress.as_ref())
-            .map(|i| i.name.clone())
-            .filter(|n| !n.is_empty());
+        let deployment = rollout.workload_name().map(str::to_owned);
+        let service = rollout.service_name().map(str::to_owned);
+        let ingress = rollout.ingress_name().map(str::to_owned);
         Self {
             key: format!("{namespace}/{name}"),
             namespace,
