@@ -2,14 +2,15 @@
 //! ReplicaSets, the canary Deployment and its newest ReplicaSet, the four Services and
 //! Ingresses, and the shared WasmPlugin.
 //!
-//! Deployments, Services and Ingresses come from the controller's watch caches ([`Caches`]),
-//! the rest fresh from the API: the ReplicaSets are listed after the cached Deployment was read,
-//! so a Deployment that reports its new pods always finds their ReplicaSet; the WasmPlugin is
-//! the gateway's state and must be exact. A cache may lag behind the API by an event, so a
-//! view in which an object is missing or the Deployment's template differs from the release
-//! recorded in the status is confirmed by reading everything fresh ([`needs_confirmation`]):
-//! a lagging cache must not read as "template reverted" or "Deployment deleted". Other Rollouts
-//! (for conflicts) come from the controller's Rollout cache.
+//! Deployments, Services, Ingresses and the shared WasmPlugin come from the controller's watch
+//! caches ([`Caches`]); the ReplicaSets fresh from the API, listed after the cached Deployment
+//! was read, so a Deployment that reports its new pods always finds their ReplicaSet. A cache
+//! may lag behind the API by an event, so a view in which a stable object is missing, the
+//! Deployment's template differs from the release recorded in the status, the WasmPlugin does
+//! not carry the recorded rule, or another Rollout's rule holds one of this Rollout's routes is
+//! confirmed by reading everything fresh ([`needs_confirmation`]): a lagging cache must not
+//! read as "template reverted", "Deployment deleted", "rule lost" or "route taken". Other
+//! Rollouts (for conflicts) come from the controller's Rollout cache.
 //!
 //! Missing objects are `None`, never errors: the planner reports them in the status.
 
@@ -62,6 +63,8 @@ pub struct Caches {
     pub deployments: Store<Deployment>,
     pub services: Store<Service>,
     pub ingresses: Store<Ingress>,
+    /// The shared WasmPlugin (its watch selects it by name).
+    pub plugin: Store<DynamicObject>,
 }
 
 impl Caches {
@@ -75,7 +78,10 @@ impl Caches {
         {
             matches!(store.wait_until_ready().now_or_never(), Some(Ok(())))
         }
-        listed(&self.deployments) && listed(&self.services) && listed(&self.ingresses)
+        listed(&self.deployments)
+            && listed(&self.services)
+            && listed(&self.ingresses)
+            && listed(&self.plugin)
     }
 }
 
@@ -102,6 +108,20 @@ pub fn needs_confirmation(rollout: &Rollout, observed: &Observed) -> bool {
         .as_ref()
         .and_then(|s| s.canary_status.as_ref())
         .map(|c| c.canary_revision.as_str());
+    let recorded_rule = rollout.plugin_rule();
+    // The routes this Rollout's rule serves (validate's `routes`): another Rollout's rule on
+    // one of them is a RouteConflict.
+    let routes: Vec<String> = [&names.ingress, &names.canary_ingress]
+        .into_iter()
+        .flatten()
+        .map(|ingress| format!("{}/{ingress}", names.namespace))
+        .collect();
+    let route_taken = observed.plugin.as_ref().is_some_and(|p| {
+        p.rules
+            .iter()
+            .filter(|r| r.rollout != names.key)
+            .any(|r| r.match_route.iter().any(|route| routes.contains(route)))
+    });
     missing(&names.deployment, observed.workload.is_some())
         || missing(&names.service, observed.service.is_some())
         || missing(&names.ingress, observed.ingress.is_some())
@@ -109,6 +129,10 @@ pub fn needs_confirmation(rollout: &Rollout, observed: &Observed) -> bool {
             Some(revision) => w.revision != revision,
             None => !w.in_sync(),
         })
+        // The gateway seems not to carry the recorded rule: the planner would write it again
+        // and restart the grace period, not on a cache one event behind.
+        || observed.rule(&names.key) != recorded_rule
+        || route_taken
 }
 
 /// Reads the world around `rollout`: Deployments, Services and Ingresses from `source`, the
@@ -123,8 +147,6 @@ pub async fn observe(
 ) -> Result<Observed> {
     let names = Names::of(rollout);
     let ns = names.namespace.as_str();
-    let plugins = wasm_plugin_api(client, plugin);
-    let plugin_obj = get_opt(&plugins, Some(plugin.name.as_str()), "WasmPlugin");
     let (deployment, canary, service, canary_service, ingress, canary_ingress, plugin_obj) =
         match source {
             Source::Cache(caches) => {
@@ -137,13 +159,21 @@ pub async fn observe(
                     cached(services, ns, names.canary_service.as_deref()),
                     cached(ingresses, ns, names.ingress.as_deref()),
                     cached(ingresses, ns, names.canary_ingress.as_deref()),
-                    plugin_obj.await?,
+                    caches
+                        .plugin
+                        .get(
+                            &ObjectRef::new_with(&plugin.name, wasm_plugin_resource())
+                                .within(&plugin.namespace),
+                        )
+                        .map(|obj| obj.as_ref().clone()),
                 )
             }
             Source::Api => {
                 let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
                 let services: Api<Service> = Api::namespaced(client.clone(), ns);
                 let ingresses: Api<Ingress> = Api::namespaced(client.clone(), ns);
+                let plugins = wasm_plugin_api(client, plugin);
+                let plugin_obj = get_opt(&plugins, Some(plugin.name.as_str()), "WasmPlugin");
                 futures::try_join!(
                     get_opt(&deployments, names.deployment.as_deref(), "Deployment"),
                     get_opt(
@@ -544,6 +574,66 @@ mod tests {
         ];
         for (what, rollout, observed, confirm) in cases {
             assert_eq!(needs_confirmation(&rollout, &observed), confirm, "{what}");
+        }
+
+        // The WasmPlugin: a rule of this Rollout the status does not record (or the other way
+        // round), or another Rollout's rule on one of its routes.
+        let rule = |rollout: &str, route: &str| canary_core::config::RuleConfig {
+            match_route: vec![route.to_owned()],
+            rollout: rollout.to_owned(),
+            tag_header: "x-higress-canary".to_owned(),
+            tag_value: "t".to_owned(),
+            ..Default::default()
+        };
+        let with_rules = |rules: Vec<canary_core::config::RuleConfig>| Observed {
+            plugin: Some(canary_core::PluginConfig {
+                global: None,
+                rules,
+            }),
+            ..world("r1", "r1")
+        };
+        let mut recorded = rollout(Some("r1"));
+        let mine = rule("default/demo", "default/demo");
+        recorded.status = serde_json::from_value(serde_json::json!({
+            "canaryStatus": {"canaryRevision": "r1", "podTemplateHash": "h",
+                             "currentStepIndex": 1,
+                             "higress": {"rule": serde_json::to_value(&mine).expect("a rule")}},
+        }))
+        .expect("a status");
+        let plugin_cases = [
+            (
+                "the recorded rule on the gateway",
+                &recorded,
+                with_rules(vec![mine.clone()]),
+                false,
+            ),
+            (
+                "the recorded rule not on the gateway",
+                &recorded,
+                with_rules(vec![]),
+                true,
+            ),
+            (
+                "a rule on the gateway, none recorded",
+                &rollout(None),
+                with_rules(vec![mine.clone()]),
+                true,
+            ),
+            (
+                "another Rollout on the canary Ingress' route",
+                &rollout(None),
+                with_rules(vec![rule("default/other", "default/demo-canary")]),
+                true,
+            ),
+            (
+                "another Rollout on another route",
+                &rollout(None),
+                with_rules(vec![rule("default/other", "default/api")]),
+                false,
+            ),
+        ];
+        for (what, rollout, observed, confirm) in plugin_cases {
+            assert_eq!(needs_confirmation(rollout, &observed), confirm, "{what}");
         }
     }
 

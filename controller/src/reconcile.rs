@@ -97,8 +97,8 @@ pub struct Context {
     /// The controller's cache of Rollouts (for conflicts and for mapping watched objects to
     /// Rollouts; planning reads the Rollout itself fresh).
     pub rollouts: Store<Rollout>,
-    /// The caches of Deployments, Services and Ingresses that planning reads from
-    /// ([`crate::observe`]).
+    /// The caches of Deployments, Services, Ingresses and the WasmPlugin that planning reads
+    /// from ([`crate::observe`]).
     pub caches: Caches,
     /// Serialized, coalesced writes of the shared WasmPlugin.
     pub plugin: PluginSync,
@@ -456,14 +456,23 @@ pub async fn run(
         .fields(&format!("metadata.name={}", settings.plugin.name));
     let concurrency = settings.concurrency;
     // Deployments, Services and Ingresses are cached from the same watches that wake the
-    // Rollouts naming them; each store is updated before its event is mapped to a reconcile.
+    // Rollouts naming them, the WasmPlugin from its own; each store is updated before its
+    // event is mapped to a reconcile.
     let (deployments, deployment_events) = cached_watch::<Deployment>(&client, &wc);
     let (services, service_events) = cached_watch::<Service>(&client, &wc);
     let (ingresses, ingress_events) = cached_watch::<Ingress>(&client, &wc);
+    // The shared WasmPlugin too (one object: the watch selects it by name).
+    let plugin_writer = reflector::store::Writer::new(wasm_plugin_resource());
+    let plugin_cache = plugin_writer.as_reader();
+    let plugin_events = watcher(plugin_api, plugin_wc)
+        .modify(|obj| obj.managed_fields_mut().clear())
+        .reflect(plugin_writer)
+        .touched_objects();
     let caches = Caches {
         deployments,
         services,
         ingresses,
+        plugin: plugin_cache,
     };
     let ctx = Arc::new(Context::new(
         client.clone(),
@@ -513,11 +522,10 @@ pub async fn run(
             ingress_events,
             mapper::<Ingress>(store.clone(), Related::Ingress),
         )
-        .watches_with(
-            plugin_api,
-            wasm_plugin_resource(),
-            plugin_wc,
+        .watches_stream_with(
+            plugin_events,
             plugin_mapper(store.clone()),
+            wasm_plugin_resource(),
         )
         .with_config(ControllerConfig::default().concurrency(concurrency))
         .trigger_backoff(TriggerBackoff::new())
