@@ -109,13 +109,8 @@ pub fn needs_confirmation(rollout: &Rollout, observed: &Observed) -> bool {
         .and_then(|s| s.canary_status.as_ref())
         .map(|c| c.canary_revision.as_str());
     let recorded_rule = rollout.plugin_rule();
-    // The routes this Rollout's rule serves (validate's `routes`): another Rollout's rule on
-    // one of them is a RouteConflict.
-    let routes: Vec<String> = [&names.ingress, &names.canary_ingress]
-        .into_iter()
-        .flatten()
-        .map(|ingress| format!("{}/{ingress}", names.namespace))
-        .collect();
+    // Another Rollout's rule on one of these is a RouteConflict.
+    let routes = names.routes();
     let route_taken = observed.plugin.as_ref().is_some_and(|p| {
         p.rules
             .iter()

@@ -102,6 +102,16 @@ impl Names {
             ingress,
         }
     }
+
+    /// The gateway routes of the Ingress and its canary (`<namespace>/<ingress>`): what this
+    /// Rollout's plugin rule matches, and what no other Rollout's rule may.
+    pub fn routes(&self) -> Vec<String> {
+        [&self.ingress, &self.canary_ingress]
+            .into_iter()
+            .flatten()
+            .map(|ingress| format!("{}/{ingress}", self.namespace))
+            .collect()
+    }
 }
 
 /// `<name>-canary`, Kruise's suffix for canary Services and Ingresses.
@@ -324,10 +334,7 @@ impl Release {
             .tag_header
             .clone()
             .unwrap_or_else(|| DEFAULT_TAG_HEADER.to_owned());
-        let routes = vec![
-            format!("{}/{ingress}", names.namespace),
-            format!("{}/{}", names.namespace, canary_name(&ingress)),
-        ];
+        let routes = names.routes();
         let tag_value = tag_value(&names.rollout);
 
         if let Some(base) = &canary.analysis {
